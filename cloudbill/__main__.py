@@ -1,0 +1,3 @@
+from cloudbill.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""A consumed message as a plain value, decoupled from confluent-kafka's Message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message
+
+from shared.events import Envelope, EventData, decode
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes | None
+    headers: dict[str, bytes] = field(default_factory=dict)
+    timestamp_ms: int | None = None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Record:
+        key = msg.key()
+        ts_type, ts = msg.timestamp()
+        return cls(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+            value=msg.value(),
+            headers={k: (v or b"") for k, v in (msg.headers() or [])},
+            timestamp_ms=ts if ts_type else None,
+        )
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.value is None
+
+    def event(self) -> tuple[Envelope, EventData]:
+        """Decode the envelope; raises EventDecodeError (which dead-letters) for anything unknown."""
+        return decode(self.value)
+
+
+@dataclass(frozen=True)
+class Out:
+    """A record to produce."""
+
+    topic: str
+    key: str | None
+    value: bytes | None
+    headers: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,71 @@
+"""The topic registry: every topic's name, key, cleanup policy and dead-letter topic, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.settings import Settings
+
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Topic:
+    base: str
+    key: str
+    description: str
+    compacted: bool = False
+    has_dlq: bool = True
+
+    def name(self, prefix: str = "") -> str:
+        return f"{prefix}{self.base}"
+
+    def dlq(self, prefix: str = "") -> str:
+        return f"{prefix}{self.base}{DLQ_SUFFIX}"
+
+
+BALANCE = Topic("billing.balance.v1", "account", "One balance snapshot per poll.")
+HISTORY = Topic("billing.history.v1", "account", "Every billing-history entry (payments, credits, invoices).")
+INVOICE_DISCOVERED = Topic("billing.invoice-discovered.v1", "invoice uuid", "One event per Invoice entry.")
+RESOURCES = Topic(
+    "cloud.resources.v1", "account:kind:id", "Resource inventory; a tombstone when a resource is gone.", compacted=True
+)
+COST_LINES = Topic("billing.cost-lines.v1", "invoice uuid", "Cost lines of an invoice revision, then its end marker.")
+COST_LINES_MATCHED = Topic("billing.cost-lines-matched.v1", "invoice uuid", "Cost lines enriched with resource ids.")
+INVOICE_COMPLETED = Topic("billing.invoice-completed.v1", "invoice uuid", "Normalized, matched invoice revisions.")
+INVOICE_PUSHED = Topic("billing.invoice-pushed.v1", "invoice uuid", "Finance accepted an invoice revision.")
+
+ALL: tuple[Topic, ...] = (
+    BALANCE,
+    HISTORY,
+    INVOICE_DISCOVERED,
+    RESOURCES,
+    COST_LINES,
+    COST_LINES_MATCHED,
+    INVOICE_COMPLETED,
+    INVOICE_PUSHED,
+)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic to create, dead-letter topics included (those are plain, never compacted)."""
+    p = settings.kafka_topic_prefix
+    out: list[TopicSpec] = []
+    for t in ALL:
+        cfg = {"cleanup.policy": "compact"} if t.compacted else {"cleanup.policy": "delete", "retention.ms": "-1"}
+        out.append(TopicSpec(t.name(p), settings.kafka_partitions, cfg))
+        if t.has_dlq:
+            out.append(TopicSpec(t.dlq(p), 1, {"cleanup.policy": "delete", "retention.ms": "-1"}))
+    return out
+
+
+def group_id(settings: Settings, service: str) -> str:
+    """Each service is its own consumer group (prefixed like the topics)."""
+    return f"{settings.kafka_topic_prefix}cloudbill.{service}"

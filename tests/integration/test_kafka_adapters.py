@@ -1,0 +1,185 @@
+"""The shared Kafka adapters against the real broker the fixtures started."""
+
+from __future__ import annotations
+
+import threading
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from shared.events import BillingHistoryEntry, encode
+from shared.kafka import (
+    ConsumerLoop,
+    EventProducer,
+    Out,
+    Record,
+    StopSignal,
+    TransactionalProcessor,
+    create_topics,
+)
+from shared.kafka import deadletter as dl
+from shared.settings import Settings
+from shared.topics import HISTORY, INVOICE_DISCOVERED
+from tests.helpers import read_all, wait_until
+
+
+def _entry(i: int) -> BillingHistoryEntry:
+    return BillingHistoryEntry(
+        entry_type="Payment", description=f"Payment {i}", amount_minor=-i, date="2024-01-01T00:00:00Z"
+    )
+
+
+def _run_loop(loop: ConsumerLoop) -> threading.Thread:
+    t = threading.Thread(target=loop.run, daemon=True)
+    t.start()
+    return t
+
+
+def _committed(s: Settings, group: str, topic: str) -> dict[int, int]:
+    a = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    req = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(s.kafka_partitions)])]
+    res = a.list_consumer_group_offsets(req)[group].result()
+    return {tp.partition: tp.offset for tp in res.topic_partitions if tp.offset >= 0}
+
+
+def test_topics_create_is_idempotent(kafka_settings: Settings) -> None:
+    again = create_topics(kafka_settings)
+    assert set(again.values()) == {"exists"}
+    assert HISTORY.dlq(kafka_settings.kafka_topic_prefix) in again
+
+
+def test_round_trip_commits_after_processing_and_resumes_after_restart(kafka_settings: Settings) -> None:
+    s = kafka_settings
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    group = s.kafka_topic_prefix + "roundtrip"
+    prod = EventProducer(s, "test")
+    for i in range(10):
+        prod.publish(topic, "acct", _entry(i), "acct")
+    prod.flush()
+
+    seen: list[int] = []
+    stop = StopSignal()
+
+    def handle(rec: Record) -> None:
+        _env, data = rec.event()
+        seen.append(-data.amount_minor)
+        if len(seen) == 10:
+            stop.set()
+
+    loop = ConsumerLoop(s, service="t", group=group, topics=[topic], handler=handle, stop=stop)
+    _run_loop(loop).join(30)
+    assert sorted(seen) == list(range(10))
+    assert sum(_committed(s, group, topic).values()) == 10
+
+    # More records while the consumer is down; a restarted consumer resumes after the committed offset.
+    for i in range(10, 15):
+        prod.publish(topic, "acct", _entry(i), "acct")
+    prod.flush()
+    seen2: list[int] = []
+    stop2 = StopSignal()
+
+    def handle2(rec: Record) -> None:
+        seen2.append(-rec.event()[1].amount_minor)
+        if len(seen2) == 5:
+            stop2.set()
+
+    loop2 = ConsumerLoop(s, service="t", group=group, topics=[topic], handler=handle2, stop=stop2)
+    _run_loop(loop2).join(30)
+    assert sorted(seen2) == [10, 11, 12, 13, 14]
+
+
+def test_poison_message_lands_in_dlq_with_headers_and_does_not_block(kafka_settings: Settings) -> None:
+    s = kafka_settings
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    prod = EventProducer(s, "test")
+    prod.produce(Out(topic, "acct", b"{not json"))
+    prod.produce(
+        Out(
+            topic,
+            "acct",
+            b'{"event_id":"x","type":"billing.nope","schema_version":1,'
+            b'"occurred_at":"2024-01-01T00:00:00Z","account":"a","data":{}}',
+        )
+    )
+    prod.publish(topic, "acct", _entry(1), "acct")
+    prod.flush()
+    good: list[str] = []
+    stop = StopSignal()
+
+    def handle(rec: Record) -> None:
+        env, _ = rec.event()
+        good.append(env.event_id)
+        stop.set()
+
+    loop = ConsumerLoop(
+        s, service="t", group=s.kafka_topic_prefix + "poison", topics=[topic], handler=handle, stop=stop
+    )
+    _run_loop(loop).join(30)
+    assert len(good) == 1
+    dead = read_all(s, HISTORY.dlq(s.kafka_topic_prefix))
+    assert len(dead) == 2
+    first, second = sorted(dead, key=lambda r: int(r.headers[dl.H_OFFSET]))
+    assert first.value == b"{not json"
+    assert first.headers[dl.H_TOPIC].decode() == topic
+    assert first.headers[dl.H_PARTITION].decode().isdigit()
+    assert first.headers[dl.H_ERROR_CLASS].decode() == "shared.events.EventDecodeError"
+    assert b"not an event envelope" in first.headers[dl.H_ERROR_MESSAGE]
+    assert b"unknown event type 'billing.nope'" in second.headers[dl.H_ERROR_MESSAGE]
+
+
+def test_transaction_commits_records_and_offsets_together(kafka_settings: Settings) -> None:
+    s = kafka_settings
+    src = INVOICE_DISCOVERED.name(s.kafka_topic_prefix)
+    dst = HISTORY.name(s.kafka_topic_prefix)
+    group = s.kafka_topic_prefix + "txn"
+    prod = EventProducer(s, "test")
+    for i in range(3):
+        prod.produce(Out(src, f"k{i}", encode(_entry(i), "acct")))
+    prod.flush()
+    stop = StopSignal()
+    done: list[int] = []
+
+    def transform(rec: Record) -> list[Out]:
+        return [Out(dst, rec.key, rec.value), Out(dst, rec.key, rec.value)]
+
+    def after(rec: Record) -> None:
+        done.append(rec.offset)
+        if len(done) == 3:
+            stop.set()
+
+    proc = TransactionalProcessor(
+        s,
+        service="t",
+        group=group,
+        topics=[src],
+        transform=transform,
+        stop=stop,
+        after_commit=after,
+        transactional_id=group + ".1",
+    )
+    t = threading.Thread(target=proc.run, daemon=True)
+    t.start()
+    t.join(60)
+    assert len(done) == 3
+    out = read_all(s, dst)
+    assert len(out) == 6
+    assert sum(_committed(s, group, src).values()) == 3
+
+
+def test_caught_up_detection_uses_partition_eof(kafka_settings: Settings) -> None:
+    s = kafka_settings
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    prod = EventProducer(s, "test")
+    for i in range(50):
+        prod.publish(topic, f"k{i}", _entry(i), "acct")
+    prod.flush()
+    from shared.kafka import high_watermarks
+
+    highs = wait_until(
+        lambda: high_watermarks(s, topic) if sum(high_watermarks(s, topic).values()) == 50 else None,
+        timeout=20,
+        what="watermarks",
+    )
+    assert sum(highs.values()) == 50
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "x"})
+    c.close()
