@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -154,6 +154,7 @@ class InvoiceEnd(EventData):
     invoice_id: str | None = None
     revision: int
     period: str
+    invoice_date: date
     currency: str = "USD"
     line_count: int
     amount_net_minor: int
@@ -211,6 +212,7 @@ class InvoiceCompleted(EventData):
     invoice_id: str | None = None
     revision: int
     period: str
+    invoice_date: date
     currency: str = "USD"
     line_count: int
     matched_count: int
