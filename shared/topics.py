@@ -69,3 +69,33 @@ def specs(settings: Settings) -> list[TopicSpec]:
 def group_id(settings: Settings, service: str) -> str:
     """Each service is its own consumer group (prefixed like the topics)."""
     return f"{settings.kafka_topic_prefix}cloudbill.{service}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A consuming service: its consumer group and the topics it reads (what `replay` rewinds)."""
+
+    name: str
+    inputs: tuple[Topic, ...]
+    reads_dlqs: bool = False
+
+    def group(self, settings: Settings) -> str:
+        return group_id(settings, self.name)
+
+    def topics(self, settings: Settings) -> list[str]:
+        p = settings.kafka_topic_prefix
+        names = [t.name(p) for t in self.inputs]
+        if self.reads_dlqs:
+            names += [t.dlq(p) for t in ALL if t.has_dlq]
+        return names
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("ingester", (INVOICE_DISCOVERED,)),
+        Stage("matcher", (COST_LINES,)),
+        Stage("finance-pusher", (INVOICE_COMPLETED,)),
+        Stage("projector", ALL, reads_dlqs=True),
+    )
+}

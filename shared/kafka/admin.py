@@ -6,7 +6,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from shared.kafka.config import base_config
@@ -34,7 +41,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     if new:
         for name, fut in client.create_topics(new, operation_timeout=timeout).items():
             try:
-                fut.result()
+                fut.result(timeout=timeout + 5)
                 result[name] = "created"
             except KafkaException as e:
                 if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
@@ -103,10 +110,105 @@ def group_lag(settings: Settings, group: str, topics: list[str], timeout: float 
         req = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in sorted(highs)])]
         committed: dict[int, int] = {}
         try:
-            res = client.list_consumer_group_offsets(req)[group].result()
+            res = client.list_consumer_group_offsets(req, request_timeout=timeout)[group].result(timeout=timeout + 5)
             committed = {tp.partition: tp.offset for tp in res.topic_partitions}
         except KafkaException as e:
             log.debug("no committed offsets for %s on %s: %s", group, topic, e)
         for p, hi in sorted(highs.items()):
             out.append(PartitionLag(topic, p, committed.get(p), hi))
     return out
+
+
+class GroupActiveError(RuntimeError):
+    """Kafka refuses to move a group's offsets while it has members."""
+
+
+def group_members(settings: Settings, group: str, timeout: float = 10.0) -> list[str]:
+    """Who holds the group: member client ids, or its state when the broker lists no members.
+
+    Empty means nobody consumes (state EMPTY, DEAD or unknown group). The embedded broker reports a
+    STABLE group with an empty member list, so the state is checked as well as the members.
+    """
+    client = admin(settings)
+    desc = client.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout=timeout + 5)
+    members = [f"{m.client_id}@{m.host}" for m in desc.members]
+    idle = {ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD, ConsumerGroupState.UNKNOWN}
+    if not members and desc.state not in idle:
+        members = [f"(group state {desc.state.name.lower()})"]
+    return members
+
+
+def offsets_for_time(settings: Settings, topic: str, ts_ms: int, timeout: float = 10.0) -> dict[int, int]:
+    """First offset at or after `ts_ms` per partition; the end when there is none.
+
+    The embedded broker answers 0 for a time past the end (Kafka answers the end), so an answer is
+    checked by reading the record it points at: one older than `ts_ms` means "past the end".
+    """
+    highs = high_watermarks(settings, topic, timeout)
+    probe = Consumer(
+        base_config(settings, "cloudbill-offsets-for-time")
+        | {"group.id": "cloudbill-offsets-probe", "enable.auto.commit": False, "enable.partition.eof": True}
+    )
+    try:
+        asked = [TopicPartition(topic, p, ts_ms) for p in sorted(highs)]
+        found = {tp.partition: tp.offset for tp in probe.offsets_for_times(asked, timeout=timeout)}
+        out: dict[int, int] = {}
+        for p, hi in highs.items():
+            off = found.get(p, -1)
+            if off < 0 or off >= hi:
+                out[p] = hi
+                continue
+            probe.assign([TopicPartition(topic, p, off)])
+            ts = _first_timestamp(probe, timeout)
+            out[p] = hi if ts is not None and ts < ts_ms else off
+            probe.unassign()
+        return out
+    finally:
+        probe.close()
+
+
+def _first_timestamp(probe: Consumer, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = probe.poll(0.2)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                return None
+            continue
+        return msg.timestamp()[1]
+    return None
+
+
+def rewind_group(
+    settings: Settings, group: str, topics: list[str], *, to_ms: int | None = None, timeout: float = 10.0
+) -> dict[str, dict[int, int]]:
+    """Move a stopped group's offsets to the beginning (to_ms=None) or to a point in time.
+
+    Refuses, with the members named, while the group has members: Kafka would refuse too, and a
+    running stage would overwrite the offsets at its next commit anyway.
+    """
+    members = group_members(settings, group, timeout)
+    if members:
+        raise GroupActiveError(
+            f"consumer group {group!r} has {len(members)} active member(s) ({', '.join(members)}): "
+            "stop that stage first, then replay"
+        )
+    plan: dict[str, dict[int, int]] = {}
+    for topic in topics:
+        if to_ms is None:
+            plan[topic] = {p: 0 for p in high_watermarks(settings, topic, timeout)}
+        else:
+            plan[topic] = offsets_for_time(settings, topic, to_ms, timeout)
+    req = [
+        ConsumerGroupTopicPartitions(group, [TopicPartition(t, p, o) for t, po in plan.items() for p, o in po.items()])
+    ]
+    client = admin(settings)  # keep a reference: a collected client never resolves its futures
+    try:
+        client.alter_consumer_group_offsets(req, request_timeout=timeout)[group].result(timeout=timeout + 5)
+    except KafkaException as e:
+        if e.args[0].code() in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS):
+            raise GroupActiveError(f"consumer group {group!r} became active: stop that stage first") from e
+        raise
+    return plan
