@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     )
     skyai_finance_jwt_ttl_s: int = Field(120, ge=10, le=300, description="Finance JWT lifetime (<= 5 min).")
     skyai_finance_timeout_s: float = Field(15.0, description="Finance request timeout in seconds.")
+    skyai_finance_max_backoff_s: float = Field(
+        60.0, gt=0, description="Cap of the pusher's retry backoff while finance is unavailable (5xx/429/down)."
+    )
+    skyai_finance_auth_retry_s: float = Field(
+        300.0, gt=0, description="Retry interval while finance refuses the pusher's credentials (401/403)."
+    )
 
     # --- HTTP API
     api_jwt_secret: SecretStr | None = Field(None, description="HS256 secret for the admin API's tokens.")
