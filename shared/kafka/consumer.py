@@ -73,6 +73,7 @@ class ConsumerLoop:
         max_backoff_s: float = 30.0,
         extra_config: dict | None = None,
         on_idle: Callable[[], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -83,6 +84,9 @@ class ConsumerLoop:
         self.commit_interval_s = commit_interval_s
         self.max_backoff_s = max_backoff_s
         self.on_idle = on_idle
+        # Called before every offset commit: a handler that buffers its writes (e.g. one DB transaction per
+        # batch) flushes them here, so an offset is never committed ahead of the writes it stands for.
+        self.before_commit = before_commit
         cfg = consumer_config(settings, group, f"{service}-consumer") | {"enable.partition.eof": True}
         self.consumer = Consumer(cfg | (extra_config or {}))
         self.dlq = EventProducer(settings, f"{service}-dlq")
@@ -172,6 +176,8 @@ class ConsumerLoop:
     def _commit_processed(self) -> None:
         if not self._uncommitted:
             return
+        if self.before_commit:
+            self.before_commit()
         self.dlq.flush()
         try:
             self.consumer.commit(asynchronous=False)

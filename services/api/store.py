@@ -1,0 +1,398 @@
+"""Write side of the read models: idempotent upserts of the projector's changes, in the caller's transaction.
+
+Every statement is keyed by a natural key or an event id and guarded so that the final state does not
+depend on how the topics interleave: an invoice's status only grows by (revision, rank), its served
+revision only grows, and a line of a revision older than the served one is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from itertools import groupby
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from services.api.domain import (
+    RANK,
+    BalanceSnapshot,
+    Change,
+    Completed,
+    DeadLettered,
+    Discovered,
+    HistoryEntry,
+    Ingested,
+    LineMatched,
+    Pushed,
+    ResourceGone,
+    ResourceSeen,
+)
+
+S = "readmodel"
+
+# Status only moves to a higher (revision, rank).
+_STATUS_SET = """
+    status_revision = CASE WHEN ROW(EXCLUDED.status_revision, EXCLUDED.status_rank)
+                                > ROW(i.status_revision, i.status_rank)
+                           THEN EXCLUDED.status_revision ELSE i.status_revision END,
+    status_rank     = CASE WHEN ROW(EXCLUDED.status_revision, EXCLUDED.status_rank)
+                                > ROW(i.status_revision, i.status_rank)
+                           THEN EXCLUDED.status_rank ELSE i.status_rank END"""
+
+_HEADER_SET = """
+    invoice_id   = COALESCE(EXCLUDED.invoice_id, i.invoice_id),
+    period       = COALESCE(EXCLUDED.period, i.period),
+    invoice_date = COALESCE(EXCLUDED.invoice_date, i.invoice_date),
+    currency     = COALESCE(EXCLUDED.currency, i.currency)"""
+
+_TOTALS = (
+    "lines_count",
+    "amount_net_minor",
+    "amount_tax_minor",
+    "amount_gross_minor",
+    "reconciliation_status",
+    "reconciliation_expected_minor",
+    "reconciliation_difference_minor",
+)
+
+
+def _when(cond: str, cols: Iterable[str]) -> str:
+    return ",\n".join(f"    {c} = CASE WHEN {cond} THEN EXCLUDED.{c} ELSE i.{c} END" for c in cols)
+
+
+SQL_BALANCE = f"""
+INSERT INTO {S}.balance_snapshots AS b (account, generated_at, month_to_date_balance_minor, account_balance_minor,
+    month_to_date_usage_minor, currency, raw, event_id)
+VALUES (%(account)s, %(generated_at)s, %(mtd_balance)s, %(account_balance)s, %(mtd_usage)s, %(currency)s, %(raw)s,
+    %(event_id)s)
+ON CONFLICT (account, generated_at) DO UPDATE SET
+    month_to_date_balance_minor = EXCLUDED.month_to_date_balance_minor,
+    account_balance_minor = EXCLUDED.account_balance_minor,
+    month_to_date_usage_minor = EXCLUDED.month_to_date_usage_minor,
+    currency = EXCLUDED.currency, raw = EXCLUDED.raw, event_id = EXCLUDED.event_id
+"""
+
+SQL_HISTORY = f"""
+INSERT INTO {S}.history_entries AS h (event_id, account, entry_type, description, amount_minor, currency, date,
+    invoice_id, invoice_uuid)
+VALUES (%(event_id)s, %(account)s, %(entry_type)s, %(description)s, %(amount_minor)s, %(currency)s, %(date)s,
+    %(invoice_id)s, %(invoice_uuid)s)
+ON CONFLICT (event_id) DO UPDATE SET
+    account = EXCLUDED.account, entry_type = EXCLUDED.entry_type, description = EXCLUDED.description,
+    amount_minor = EXCLUDED.amount_minor, currency = EXCLUDED.currency, date = EXCLUDED.date,
+    invoice_id = EXCLUDED.invoice_id, invoice_uuid = EXCLUDED.invoice_uuid
+"""
+
+SQL_DISCOVERED = f"""
+INSERT INTO {S}.invoices AS i (invoice_uuid, account, invoice_id, period, description, history_date, currency,
+    amount_minor, status_revision, status_rank)
+VALUES (%(invoice_uuid)s, %(account)s, %(invoice_id)s, %(period)s, %(description)s, %(date)s, %(currency)s,
+    %(amount_minor)s, 0, {RANK["discovered"]})
+ON CONFLICT (invoice_uuid) DO UPDATE SET
+    account = EXCLUDED.account,
+    description = EXCLUDED.description,
+    history_date = EXCLUDED.history_date,
+    amount_minor = EXCLUDED.amount_minor,
+{_HEADER_SET},
+{_STATUS_SET}
+"""
+
+_END_IS_LATEST = "(i.ingested_revision IS NULL OR EXCLUDED.ingested_revision >= i.ingested_revision)"
+SQL_INGESTED = f"""
+INSERT INTO {S}.invoices AS i (invoice_uuid, account, invoice_id, period, invoice_date, currency,
+    status_revision, status_rank, ingested_revision, ingested_lines_count, csv_sha256, parser_version,
+    {", ".join(_TOTALS)})
+VALUES (%(invoice_uuid)s, %(account)s, %(invoice_id)s, %(period)s, %(invoice_date)s, %(currency)s,
+    %(revision)s, {RANK["ingested"]}, %(revision)s, %(line_count)s, %(csv_sha256)s, %(parser_version)s,
+    %(line_count)s, %(net)s, %(tax)s, %(gross)s, %(rec_status)s, %(rec_expected)s, %(rec_difference)s)
+ON CONFLICT (invoice_uuid) DO UPDATE SET
+{_HEADER_SET},
+{_STATUS_SET},
+{_when(_END_IS_LATEST, ("ingested_revision", "ingested_lines_count", "csv_sha256", "parser_version"))},
+{_when("i.revision IS NULL AND " + _END_IS_LATEST, _TOTALS)}
+"""
+
+_COMPLETION_IS_LATEST = "(i.revision IS NULL OR EXCLUDED.revision >= i.revision)"
+SQL_COMPLETED = f"""
+INSERT INTO {S}.invoices AS i (invoice_uuid, account, invoice_id, period, invoice_date, currency,
+    status_revision, status_rank, revision, matched_count, {", ".join(_TOTALS)})
+VALUES (%(invoice_uuid)s, %(account)s, %(invoice_id)s, %(period)s, %(invoice_date)s, %(currency)s,
+    %(revision)s, {RANK["completed"]}, %(revision)s, %(matched_count)s,
+    %(line_count)s, %(net)s, %(tax)s, %(gross)s, %(rec_status)s, %(rec_expected)s, %(rec_difference)s)
+ON CONFLICT (invoice_uuid) DO UPDATE SET
+{_HEADER_SET},
+{_STATUS_SET},
+{_when(_COMPLETION_IS_LATEST, ("revision", "matched_count", *_TOTALS))}
+RETURNING revision, period
+"""
+
+# The revision that just became current: older lines go, its own lines become served — one transaction.
+SQL_DROP_OLDER_LINES = f"DELETE FROM {S}.cost_lines WHERE invoice_uuid = %s AND revision < %s"
+SQL_SERVE_LINES = f"""
+UPDATE {S}.cost_lines SET current = true, period = %(period)s
+WHERE invoice_uuid = %(invoice_uuid)s AND revision = %(revision)s
+  AND (NOT current OR period IS DISTINCT FROM %(period)s)
+"""
+
+_PUSH_IS_LATEST = (
+    "ROW(EXCLUDED.pushed_revision, EXCLUDED.pushed_to_finance_at)"
+    " >= ROW(COALESCE(i.pushed_revision, -1), COALESCE(i.pushed_to_finance_at, '-infinity'::timestamptz))"
+)
+SQL_PUSHED = f"""
+INSERT INTO {S}.invoices AS i (invoice_uuid, account, status_revision, status_rank, pushed_revision,
+    pushed_to_finance_at, finance_invoice_id, finance_action, payload_sha256)
+VALUES (%(invoice_uuid)s, %(account)s, %(revision)s, {RANK["pushed"]}, %(revision)s, %(pushed_at)s,
+    %(finance_invoice_id)s, %(action)s, %(payload_sha256)s)
+ON CONFLICT (invoice_uuid) DO UPDATE SET
+{_STATUS_SET},
+{_when(_PUSH_IS_LATEST, ("pushed_revision", "pushed_to_finance_at", "finance_invoice_id", "finance_action", "payload_sha256"))}
+"""
+
+# A matched line is stored unless its revision is older than the served one; it is served (current, with the
+# invoice's period) only when its revision is the served one.
+SQL_LINE = f"""
+INSERT INTO {S}.cost_lines AS c (invoice_uuid, revision, line_index, account, current, period, product,
+    group_description, description, hours, start_at, end_at, amount_minor, currency, project_name, category,
+    is_tax, kind, name, resource_id, resource_key, rule, unmatched_reason, event_id)
+SELECT v.invoice_uuid, v.revision, v.line_index, v.account,
+       COALESCE(inv.revision = v.revision, false),
+       CASE WHEN inv.revision = v.revision THEN inv.period END,
+       v.product, v.group_description, v.description, v.hours, v.start_at, v.end_at, v.amount_minor, v.currency,
+       v.project_name, v.category, v.is_tax, v.kind, v.name, v.resource_id, v.resource_key, v.rule,
+       v.unmatched_reason, v.event_id
+FROM (SELECT %(invoice_uuid)s::text AS invoice_uuid, %(revision)s::integer AS revision,
+             %(line_index)s::integer AS line_index, %(account)s::text AS account, %(product)s::text AS product,
+             %(group_description)s::text AS group_description, %(description)s::text AS description,
+             %(hours)s::integer AS hours, %(start)s::timestamptz AS start_at, %(end)s::timestamptz AS end_at,
+             %(amount_minor)s::bigint AS amount_minor, %(currency)s::text AS currency,
+             %(project_name)s::text AS project_name, %(category)s::text AS category, %(is_tax)s::boolean AS is_tax,
+             %(kind)s::text AS kind, %(name)s::text AS name, %(resource_id)s::text AS resource_id,
+             %(resource_key)s::text AS resource_key, %(rule)s::text AS rule,
+             %(unmatched_reason)s::text AS unmatched_reason, %(event_id)s::text AS event_id) AS v
+LEFT JOIN {S}.invoices inv ON inv.invoice_uuid = v.invoice_uuid
+WHERE inv.revision IS NULL OR v.revision >= inv.revision
+ON CONFLICT (invoice_uuid, revision, line_index) DO UPDATE SET
+    account = EXCLUDED.account, current = EXCLUDED.current, period = EXCLUDED.period, product = EXCLUDED.product,
+    group_description = EXCLUDED.group_description, description = EXCLUDED.description, hours = EXCLUDED.hours,
+    start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, amount_minor = EXCLUDED.amount_minor,
+    currency = EXCLUDED.currency, project_name = EXCLUDED.project_name, category = EXCLUDED.category,
+    is_tax = EXCLUDED.is_tax, kind = EXCLUDED.kind, name = EXCLUDED.name, resource_id = EXCLUDED.resource_id,
+    resource_key = EXCLUDED.resource_key, rule = EXCLUDED.rule, unmatched_reason = EXCLUDED.unmatched_reason,
+    event_id = EXCLUDED.event_id
+"""
+
+# "matched": every line of the latest ingested revision is in, its completion not yet.
+SQL_MARK_MATCHED = f"""
+UPDATE {S}.invoices i SET status_revision = i.ingested_revision, status_rank = {RANK["matched"]}
+WHERE i.invoice_uuid = ANY(%s) AND i.ingested_revision IS NOT NULL
+  AND ROW(i.status_revision, i.status_rank) < ROW(i.ingested_revision, {RANK["matched"]})
+  AND i.ingested_lines_count = (SELECT count(*) FROM {S}.cost_lines c
+                                WHERE c.invoice_uuid = i.invoice_uuid AND c.revision = i.ingested_revision)
+"""
+
+SQL_RESOURCE = f"""
+INSERT INTO {S}.resources AS r (account, kind, resource_id, name, region, attributes, event_id)
+VALUES (%(account)s, %(kind)s, %(resource_id)s, %(name)s, %(region)s, %(attributes)s, %(event_id)s)
+ON CONFLICT (account, kind, resource_id) DO UPDATE SET
+    name = EXCLUDED.name, region = EXCLUDED.region, attributes = EXCLUDED.attributes, event_id = EXCLUDED.event_id
+"""
+SQL_RESOURCE_GONE = f"DELETE FROM {S}.resources WHERE account = %s AND kind = %s AND resource_id = %s"
+
+SQL_DEAD_LETTER = f"""
+INSERT INTO {S}.dead_letters (dedup_key, dlq_topic, dlq_partition, dlq_offset, source_topic, source_partition,
+    source_offset, error_class, error_message, service, failed_at, record_key, record_value)
+VALUES (%(dedup_key)s, %(dlq_topic)s, %(dlq_partition)s, %(dlq_offset)s, %(source_topic)s, %(source_partition)s,
+    %(source_offset)s, %(error_class)s, %(error_message)s, %(service)s, %(failed_at)s, %(record_key)s,
+    %(record_value)s)
+ON CONFLICT (dedup_key) DO NOTHING
+"""
+
+
+# ------------------------------------------------------------------------------------------------ params
+def _recon(d: Any) -> dict[str, Any]:
+    r = d.reconciliation
+    return {"rec_status": r.status, "rec_expected": r.expected_minor, "rec_difference": r.difference_minor}
+
+
+def _line_params(ch: LineMatched) -> dict[str, Any]:
+    m, line = ch.data, ch.data.line
+    return {
+        "invoice_uuid": line.invoice_uuid,
+        "revision": line.revision,
+        "line_index": line.line_index,
+        "account": ch.account,
+        "product": line.product,
+        "group_description": line.group_description,
+        "description": line.description,
+        "hours": line.hours,
+        "start": line.start,
+        "end": line.end,
+        "amount_minor": line.amount_minor,
+        "currency": line.currency,
+        "project_name": line.project_name,
+        "category": line.category,
+        "is_tax": line.is_tax,
+        "kind": m.kind,
+        "name": m.name,
+        "resource_id": m.resource_id,
+        "resource_key": m.resource_key,
+        "rule": m.rule,
+        "unmatched_reason": m.unmatched_reason,
+        "event_id": ch.event_id,
+    }
+
+
+class ReadModelWriter:
+    """Applies changes on one connection; the caller owns the transaction (one per polled batch)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        touched: set[str] = set()
+        cur = self.conn.cursor()
+        # Runs of consecutive matched lines go in one pipelined executemany: the bulk of any month's traffic.
+        for is_line, run in groupby(changes, key=lambda c: isinstance(c, LineMatched)):
+            if is_line:
+                params = [_line_params(c) for c in run]  # type: ignore[arg-type]
+                cur.executemany(SQL_LINE, params)
+                touched.update(p["invoice_uuid"] for p in params)
+                continue
+            for ch in run:
+                self._apply_one(cur, ch, touched)
+        if touched:
+            cur.execute(SQL_MARK_MATCHED, (sorted(touched),))
+
+    def _apply_one(self, cur: psycopg.Cursor, ch: Change, touched: set[str]) -> None:
+        match ch:
+            case BalanceSnapshot(data=d):
+                cur.execute(
+                    SQL_BALANCE,
+                    {
+                        "account": ch.account,
+                        "generated_at": d.generated_at,
+                        "mtd_balance": d.month_to_date_balance_minor,
+                        "account_balance": d.account_balance_minor,
+                        "mtd_usage": d.month_to_date_usage_minor,
+                        "currency": d.currency,
+                        "raw": Jsonb(d.raw),
+                        "event_id": ch.event_id,
+                    },
+                )
+            case HistoryEntry(data=d):
+                cur.execute(SQL_HISTORY, {"event_id": ch.event_id, "account": ch.account, **d.model_dump()})
+            case Discovered(data=d, period=period):
+                cur.execute(
+                    SQL_DISCOVERED,
+                    {
+                        "invoice_uuid": d.invoice_uuid,
+                        "account": ch.account,
+                        "invoice_id": d.invoice_id,
+                        "period": period,
+                        "description": d.description,
+                        "date": d.date,
+                        "currency": d.currency,
+                        "amount_minor": d.amount_minor,
+                    },
+                )
+            case Ingested(data=d, period=period):
+                cur.execute(
+                    SQL_INGESTED,
+                    {
+                        "invoice_uuid": d.invoice_uuid,
+                        "account": ch.account,
+                        "invoice_id": d.invoice_id,
+                        "period": period,
+                        "invoice_date": d.invoice_date,
+                        "currency": d.currency,
+                        "revision": d.revision,
+                        "line_count": d.line_count,
+                        "csv_sha256": d.csv_sha256,
+                        "parser_version": d.parser_version,
+                        "net": d.amount_net_minor,
+                        "tax": d.amount_tax_minor,
+                        "gross": d.amount_gross_minor,
+                        **_recon(d),
+                    },
+                )
+                touched.add(d.invoice_uuid)
+            case Completed(data=d, period=period):
+                row = cur.execute(
+                    SQL_COMPLETED,
+                    {
+                        "invoice_uuid": d.invoice_uuid,
+                        "account": ch.account,
+                        "invoice_id": d.invoice_id,
+                        "period": period,
+                        "invoice_date": d.invoice_date,
+                        "currency": d.currency,
+                        "revision": d.revision,
+                        "matched_count": d.matched_count,
+                        "line_count": d.line_count,
+                        "net": d.amount_net_minor,
+                        "tax": d.amount_tax_minor,
+                        "gross": d.amount_gross_minor,
+                        **_recon(d),
+                    },
+                ).fetchone()
+                served = row["revision"] if isinstance(row, dict) else row[0]
+                served_period = row["period"] if isinstance(row, dict) else row[1]
+                if served == d.revision:
+                    cur.execute(SQL_DROP_OLDER_LINES, (d.invoice_uuid, d.revision))
+                    cur.execute(
+                        SQL_SERVE_LINES,
+                        {"invoice_uuid": d.invoice_uuid, "revision": d.revision, "period": served_period},
+                    )
+            case Pushed(data=d):
+                cur.execute(
+                    SQL_PUSHED,
+                    {
+                        "invoice_uuid": d.invoice_uuid,
+                        "account": ch.account,
+                        "revision": d.revision,
+                        "pushed_at": d.pushed_at,
+                        "finance_invoice_id": d.finance_invoice_id,
+                        "action": d.action,
+                        "payload_sha256": d.payload_sha256,
+                    },
+                )
+            case LineMatched():
+                cur.execute(SQL_LINE, _line_params(ch))
+                touched.add(ch.data.line.invoice_uuid)
+            case ResourceSeen(data=d):
+                cur.execute(
+                    SQL_RESOURCE,
+                    {
+                        "account": ch.account,
+                        "kind": d.kind,
+                        "resource_id": d.resource_id,
+                        "name": d.name,
+                        "region": d.region,
+                        "attributes": Jsonb(d.attributes),
+                        "event_id": ch.event_id,
+                    },
+                )
+            case ResourceGone(kind=kind, resource_id=rid):
+                cur.execute(SQL_RESOURCE_GONE, (ch.account, kind, rid))
+            case DeadLettered():
+                cur.execute(
+                    SQL_DEAD_LETTER,
+                    {
+                        "dedup_key": ch.dedup_key,
+                        "dlq_topic": ch.dlq_topic,
+                        "dlq_partition": ch.dlq_partition,
+                        "dlq_offset": ch.dlq_offset,
+                        "source_topic": ch.source_topic,
+                        "source_partition": ch.source_partition,
+                        "source_offset": ch.source_offset,
+                        "error_class": ch.error_class,
+                        "error_message": ch.error_message,
+                        "service": ch.service,
+                        "failed_at": ch.failed_at,
+                        "record_key": ch.record_key,
+                        "record_value": ch.record_value,
+                    },
+                )
+            case _:
+                raise TypeError(f"no writer for {type(ch).__name__}")
