@@ -1,0 +1,1 @@
+"""The finance service simulator (FastAPI + Postgres schema finance_sim)."""

@@ -1,0 +1,266 @@
+"""The finance service simulator: the import endpoint exactly as the contract says, plus test hooks.
+
+`POST /api/v1/integrations/cloud/import-invoice` checks, in order: injected faults (503/500/slow), the JWT
+(shared secret, pinned algorithm, `exp` required, lifetime <= 300 s: 401), the `admin` role (403), the body
+(422 with every field error), then upserts on (tenant_id, source, external_id): `created` once, `updated`
+after. Data lives in Postgres (schema finance_sim) so it survives restarts. `/api/v1/invoices` and
+`/api/v1/vendors` show what it holds; `/_sim/faults` and `/_sim/calls` are the test hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from shared.auth import RoleError, TokenError, require_role, verify
+from sims.finance.store import FinanceStore
+from sims.finance.validation import validate_import
+
+log = logging.getLogger(__name__)
+
+WRITE_ROLE = "admin"
+IMPORT_PATH = "/api/v1/integrations/cloud/import-invoice"
+
+
+class FinanceFaults(BaseModel):
+    """Posted to `/_sim/faults`; counters are consumed one per import call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unavailable_calls: int = Field(0, ge=0, description="The next N import calls answer 503.")
+    unavailable_seconds: float = Field(0, ge=0, description="Import calls answer 503 for this many seconds from now.")
+    slow_ms: int = Field(0, ge=0, description="Delay every import call by this many milliseconds.")
+    server_errors: int = Field(0, ge=0, description="The next N import calls answer 500.")
+
+
+class _FaultState:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.unavailable_calls = 0
+        self.unavailable_until = 0.0
+        self.slow_ms = 0
+        self.server_errors = 0
+
+    def update(self, f: FinanceFaults, fields: set[str]) -> None:
+        with self._lock:
+            if "unavailable_calls" in fields:
+                self.unavailable_calls = f.unavailable_calls
+            if "unavailable_seconds" in fields:
+                self.unavailable_until = time.monotonic() + f.unavailable_seconds if f.unavailable_seconds else 0.0
+            if "slow_ms" in fields:
+                self.slow_ms = f.slow_ms
+            if "server_errors" in fields:
+                self.server_errors = f.server_errors
+
+    def clear(self) -> None:
+        self.update(FinanceFaults(), set(FinanceFaults.model_fields))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "unavailable_calls": self.unavailable_calls,
+                "unavailable_seconds": round(max(0.0, self.unavailable_until - time.monotonic()), 3),
+                "slow_ms": self.slow_ms,
+                "server_errors": self.server_errors,
+            }
+
+    def decide(self) -> tuple[float, int | None]:
+        """(delay seconds, status to answer instead or None)."""
+        with self._lock:
+            delay = self.slow_ms / 1000
+            if self.unavailable_calls > 0:
+                self.unavailable_calls -= 1
+                return delay, 503
+            if time.monotonic() < self.unavailable_until:
+                return delay, 503
+            if self.server_errors > 0:
+                self.server_errors -= 1
+                return delay, 500
+            return delay, None
+
+
+class _Calls:
+    """Import calls since start (every outcome, including refusals): for tests asserting retries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self._total = 0
+        self._outcomes: Counter[str] = Counter()
+
+    def add(self, status: int, outcome: str, external_id: str | None, idempotency_key: str | None) -> None:
+        with self._lock:
+            self._total += 1
+            self._outcomes[outcome] += 1
+            self._calls.append(
+                {
+                    "time": round(time.time(), 6),
+                    "status": status,
+                    "outcome": outcome,
+                    "external_id": external_id,
+                    "idempotency_key": idempotency_key,
+                }
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"total": self._total, "by_outcome": dict(self._outcomes), "calls": list(self._calls)}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._calls.clear()
+            self._total = 0
+            self._outcomes.clear()
+
+
+def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+def create_app(
+    database_url: str,
+    jwt_secret: str,
+    algorithm: str = "HS512",
+    *,
+    max_token_lifetime_s: int = 300,
+    leeway_s: int = 10,
+) -> FastAPI:
+    """The finance simulator on `database_url` (its schema is migrated now)."""
+    if not jwt_secret:
+        raise ValueError("the finance simulator needs a JWT secret")
+    store = FinanceStore(database_url)
+    store.migrate()
+    faults = _FaultState()
+    calls = _Calls()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(store.close)
+
+    app = FastAPI(title="Finance service simulator", lifespan=lifespan)
+    app.state.store = store
+    app.state.faults = faults
+    app.state.calls = calls
+
+    def _claims(request: Request) -> dict[str, Any]:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenError("missing bearer token")
+        claims = verify(token.strip(), jwt_secret, algorithms=[algorithm], leeway_s=leeway_s)
+        issued = claims.get("iat")
+        start = issued if isinstance(issued, int | float) else time.time()
+        if claims["exp"] - start > max_token_lifetime_s + leeway_s:
+            raise TokenError(f"token lifetime exceeds {max_token_lifetime_s} s")
+        tenant = claims.get("tenant_id") or claims.get("sub")
+        if not isinstance(tenant, str) or not tenant:
+            raise TokenError("token lacks a tenant (tenant_id or sub)")
+        return claims
+
+    @app.post(IMPORT_PATH)
+    async def import_invoice(request: Request) -> JSONResponse:
+        idem = request.headers.get("idempotency-key")
+        delay, fault = faults.decide()
+        if delay:
+            await asyncio.sleep(delay)
+        if fault == 503:
+            calls.add(503, "unavailable", None, idem)
+            resp = _error(503, "unavailable", "finance service temporarily unavailable (simulated)")
+            resp.headers["retry-after"] = "1"
+            return resp
+        if fault == 500:
+            calls.add(500, "server_error", None, idem)
+            return _error(500, "internal_error", "simulated server error")
+        try:
+            claims = _claims(request)
+            require_role(claims, WRITE_ROLE)
+        except TokenError as e:
+            calls.add(401, "unauthorized", None, idem)
+            return _error(401, "unauthorized", str(e))
+        except RoleError as e:
+            calls.add(403, "forbidden", None, idem)
+            return _error(403, "forbidden", str(e))
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        tenant = claims.get("tenant_id") or claims.get("sub")
+        inv, errors = validate_import(body, tenant)
+        ext = body.get("external_id") if isinstance(body, dict) and isinstance(body.get("external_id"), str) else None
+        if inv is None:
+            calls.add(422, "validation_failed", ext, idem)
+            return JSONResponse({"error": "validation_failed", "errors": errors}, status_code=422)
+        result = await run_in_threadpool(store.import_invoice, inv, idem)
+        calls.add(200, result.action, inv.external_id, idem)
+        log.info("import %s %s/%s -> %s", result.action, inv.source, inv.external_id, result.invoice_id)
+        return JSONResponse(
+            {
+                "action": result.action,
+                "invoice_id": result.invoice_id,
+                "vendor_id": result.vendor_id,
+                "external_id": inv.external_id,
+            }
+        )
+
+    @app.get("/api/v1/invoices")
+    async def list_invoices(
+        tenant_id: str | None = None, source: str | None = None, external_id: str | None = None
+    ) -> dict[str, Any]:
+        filters = {"tenant_id": tenant_id or "", "source": source or "", "external_id": external_id or ""}
+        rows = await run_in_threadpool(store.invoices, filters)
+        return {"invoices": rows, "total": len(rows)}
+
+    @app.get("/api/v1/vendors")
+    async def list_vendors(tenant_id: str | None = None) -> dict[str, Any]:
+        rows = await run_in_threadpool(store.vendors, tenant_id)
+        return {"vendors": rows, "total": len(rows)}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/_sim/faults")
+    async def get_faults() -> dict[str, Any]:
+        return faults.snapshot()
+
+    @app.post("/_sim/faults")
+    async def set_faults(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("a JSON object is expected")
+            f = FinanceFaults.model_validate(body)
+        except (ValueError, ValidationError) as e:
+            return JSONResponse({"error": "validation_failed", "detail": str(e)}, status_code=422)
+        faults.update(f, set(body))
+        return JSONResponse(faults.snapshot())
+
+    @app.delete("/_sim/faults")
+    async def clear_faults() -> dict[str, Any]:
+        faults.clear()
+        return faults.snapshot()
+
+    @app.get("/_sim/calls")
+    async def get_calls() -> dict[str, Any]:
+        out = calls.snapshot()
+        out["stored"] = await run_in_threadpool(store.import_calls)
+        return out
+
+    @app.delete("/_sim/calls")
+    async def clear_calls() -> dict[str, Any]:
+        calls.clear()
+        return calls.snapshot()
+
+    return app

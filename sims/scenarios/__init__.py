@@ -1,0 +1,1 @@
+"""Built-in scenarios (folders) and the scripts that generate them."""
