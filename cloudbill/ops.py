@@ -132,7 +132,8 @@ def _up(stack) -> None:
         stack.prepare()
     console.print(f"broker [bold]{stack.bootstrap}[/bold], database ready")
     with console.status("starting simulators and services..."):
-        stack.start_sims()
+        if stack.cfg.start_sims:
+            stack.start_sims()
         stack.start_services()
     console.print(f"started: {', '.join(stack.children)} (logs in {stack.logdir})")
 

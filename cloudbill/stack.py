@@ -41,6 +41,7 @@ class StackConfig:
     finance_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     api_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     with_finance: bool = True
+    start_sims: bool = True  # False: use simulators (or real peers) already listening on the ports
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -184,7 +185,8 @@ class Stack:
     def up(self) -> Stack:
         self.start_infra()
         self.prepare()
-        self.start_sims()
+        if self.cfg.start_sims:
+            self.start_sims()
         self.start_services()
         return self
 
