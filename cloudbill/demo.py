@@ -93,7 +93,8 @@ def wait_for_april(stack: Stack, client: DemoClient, console: Console, timeout: 
             counts = invoice_counts(stack)
             april = client.invoice(uuid)
             live.update(_progress_table(counts, april, time.monotonic() - start))
-            if april and april["status"] == "pushed":
+            # Done when April is in finance and every discovered invoice has been pushed too.
+            if april and april["status"] == "pushed" and counts["pushed"] == counts["discovered"]:
                 return april
             dead = [c for c in stack.dead()]
             if dead:
@@ -108,6 +109,7 @@ def run_demo(stack: Stack, console: Console, *, timeout: float = 300) -> bool:
     console.print("polling DigitalOcean (simulator) once: balance, billing history, resources")
     console.print(stack.poll_now("all").strip())
     april = wait_for_april(stack, client, console, timeout)
+    console.print()
     if april is None:
         console.print(f"[red]the April 2026 invoice was not pushed within {timeout:.0f}s[/red] (logs: {stack.logdir})")
         return False

@@ -150,7 +150,8 @@ def _print_endpoints(stack) -> None:
     )
     api = f"http://127.0.0.1:{stack.cfg.api_port}"
     console.print(f"\nAPI  {api}/docs   (finance simulator http://127.0.0.1:{stack.cfg.finance_port}/api/v1/invoices)")
-    console.print(f"token (12 h, platform_admin):\n{token}")
+    console.print("token (12 h, platform_admin):")
+    typer.echo(token)  # unwrapped, so it can be copied
     console.print(f'try: curl -H "Authorization: Bearer $TOKEN" {api}/api/v1/billing/invoices\n')
 
 
