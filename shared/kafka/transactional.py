@@ -103,7 +103,23 @@ class TransactionalProcessor:
         # Stopping mid-record: nothing was committed for it; it is redelivered after restart.
 
     def _commit(self, rec: Record, outs: list[Out]) -> bool:
-        """One transaction: outputs + the offset after `rec`. False when aborted (the record is retried)."""
+        """One transaction: outputs + the offset after `rec`. False when aborted (the record is retried).
+
+        A record with no outputs needs no atomicity: its offset is committed directly. (The embedded
+        broker also drops the offsets of a transaction that produced nothing.) At worst such a record is
+        redelivered and found to need nothing again.
+        """
+        offsets = [TopicPartition(rec.topic, rec.partition, rec.offset + 1)]
+        if not outs:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+                return True
+            except KafkaException as e:
+                log.warning(
+                    "%s: offset commit for %s[%d]@%d failed: %s", self.service, rec.topic, rec.partition, rec.offset, e
+                )
+                self._rewind(rec)
+                return False
         try:
             self.producer.begin_transaction()
             for o in outs:
@@ -113,7 +129,6 @@ class TransactionalProcessor:
                         break
                     except BufferError:
                         self.producer.poll(0.1)
-            offsets = [TopicPartition(rec.topic, rec.partition, rec.offset + 1)]
             self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(60)
             return True

@@ -183,3 +183,37 @@ def test_caught_up_detection_uses_partition_eof(kafka_settings: Settings) -> Non
     assert sum(highs.values()) == 50
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "x"})
     c.close()
+
+
+def test_record_with_no_outputs_still_commits_its_offset(kafka_settings: Settings) -> None:
+    """A transform that decides 'nothing to do' must still move the group past the record."""
+    s = kafka_settings
+    src = INVOICE_DISCOVERED.name(s.kafka_topic_prefix)
+    group = s.kafka_topic_prefix + "noop"
+    prod = EventProducer(s, "test")
+    for i in range(4):
+        prod.produce(Out(src, f"k{i}", encode(_entry(i), "acct")))
+    prod.flush()
+    stop = StopSignal()
+    done: list[int] = []
+
+    def after(rec: Record) -> None:
+        done.append(rec.offset)
+        if len(done) == 4:
+            stop.set()
+
+    proc = TransactionalProcessor(
+        s,
+        service="t",
+        group=group,
+        topics=[src],
+        transform=lambda rec: [],
+        stop=stop,
+        after_commit=after,
+        transactional_id=group + ".1",
+    )
+    t = threading.Thread(target=proc.run, daemon=True)
+    t.start()
+    t.join(60)
+    assert len(done) == 4
+    assert sum(_committed(s, group, src).values()) == 4
