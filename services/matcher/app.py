@@ -1,0 +1,294 @@
+"""The matcher's faust app: inventory GlobalTable, revision-assembly Table, two agents. Adapters only.
+
+- `inventory` agent: cloud.resources → GlobalTable `inventory` (key = resource key, tombstone deletes).
+  Every worker reads every partition of its changelog (lines are keyed by invoice, resources by resource:
+  they are not co-partitioned), and keeps a local (account, kind, name) index fed from the table's
+  changelog events and from its own writes.
+- `lines` agent: billing.cost-lines → one CostLineMatched per line, and InvoiceCompleted once a revision's
+  marker and all its lines are in (state in the Table `assembly`, keyed by invoice uuid, changelog-backed).
+- Poison records go to the source topic's DLQ with shared.kafka.deadletter's headers; they never crash
+  an agent. Anything else an agent raises (the broker failing) ends the process (see runtime.py).
+
+faust guards (the brief's faust notes): concurrency 1 per agent, at-least-once with deterministic event
+ids (not `exactly_once`), `producer_max_batch_size` 1 by default (table recovery on the embedded broker
+needs exact changelog end offsets), raw key/value serializers on every Kafka topic we share with the
+other services, topics never declared by faust (we create them, changelogs with the source's partition
+count), no web server unless a port is configured, in-memory store by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import NewTopic
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.matcher import handlers
+from services.matcher.matching import InventoryEntry, InventoryIndex
+from services.matcher.runtime import SupervisedApp
+from shared.kafka.admin import admin, group_lag
+from shared.kafka.deadletter import dead_letter
+from shared.kafka.records import Out, Record
+from shared.settings import Settings
+from shared.topics import COST_LINES, COST_LINES_MATCHED, INVOICE_COMPLETED, RESOURCES, group_id
+
+log = logging.getLogger(__name__)
+
+SERVICE = "matcher"
+INVENTORY_TABLE = "inventory"
+ASSEMBLY_TABLE = "assembly"
+
+
+class MatcherOptions(BaseSettings):
+    """faust-specific knobs (environment `MATCHER_*`); the broker and topics come from Settings."""
+
+    model_config = SettingsConfigDict(env_prefix="MATCHER_", env_file=(".env",), extra="ignore")
+
+    group_suffix: str = Field(
+        "", description="Appended to the consumer group (= faust app id): a fresh group replays every topic."
+    )
+    store: str = Field("memory://", description="faust table store URL (memory:// or rocksdb://).")
+    datadir: str = Field("", description="faust data dir (rocksdb files); default: a folder in the temp dir.")
+    web_port: int = Field(0, ge=0, description="faust web server port; 0 disables the web server.")
+    web_bind: str = Field("127.0.0.1", description="faust web server bind address (when enabled).")
+    producer_max_batch_size: int = Field(
+        1, ge=1, description="1 on the embedded broker: table recovery needs exact changelog end offsets."
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="faust offset commit interval.")
+    stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")
+    inventory_catchup_timeout_s: float = Field(
+        30.0, ge=0, description="At start, lines wait at most this long for the inventory backlog to be read."
+    )
+
+
+def broker_url(bootstrap: str) -> str:
+    """`host1:9092,host2:9092` → faust's `kafka://host1:9092;kafka://host2:9092`."""
+    return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
+
+
+def app_id_of(settings: Settings, options: MatcherOptions) -> str:
+    """The faust app id is the consumer group: `shared.topics.group_id` (prefix included) + optional suffix."""
+    return group_id(settings, SERVICE) + options.group_suffix
+
+
+def changelog_topic_names(app_id: str) -> list[str]:
+    return [f"{app_id}-{INVENTORY_TABLE}-changelog", f"{app_id}-{ASSEMBLY_TABLE}-changelog"]
+
+
+def create_changelog_topics(settings: Settings, app_id: str, timeout: float = 30.0) -> None:
+    """Create the tables' changelogs with the source topics' partition count; refuse a mismatch.
+
+    faust must not create them (the embedded broker would auto-create 4 partitions, and faust refuses a
+    table whose changelog and source differ in partitions).
+    """
+    client = admin(settings)
+    names = changelog_topic_names(app_id)
+    md = client.list_topics(timeout=timeout)
+    missing = [n for n in names if n not in md.topics]
+    if missing:
+        cfg = {"cleanup.policy": "compact"}
+        futs = client.create_topics(
+            [NewTopic(n, settings.kafka_partitions, settings.kafka_replication_factor, config=cfg) for n in missing],
+            operation_timeout=timeout,
+        )
+        for name, fut in futs.items():
+            try:
+                fut.result()
+            except Exception as e:
+                if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
+                    raise
+            log.info("created changelog topic %s", name)
+    md = client.list_topics(timeout=timeout)
+    p = settings.kafka_topic_prefix
+    sources = {RESOURCES.name(p): names[0], COST_LINES.name(p): names[1]}
+    for source, changelog in sources.items():
+        ns, nc = len(md.topics[source].partitions), len(md.topics[changelog].partitions)
+        if ns != nc:
+            raise RuntimeError(f"changelog {changelog} has {nc} partitions but its source {source} has {ns}")
+
+
+class InventoryGate:
+    """At start, cost lines wait until the inventory backlog (as of start) has been read.
+
+    Without it a fresh consumer group (a replay) would match lines against a half-loaded inventory.
+    `targets` are the end offsets of cloud.resources partitions that had unread records at start.
+    """
+
+    def __init__(self, targets: dict[int, int], timeout_s: float) -> None:
+        self.targets = dict(targets)
+        self.timeout_s = timeout_s
+        self.progress: dict[int, int] = {}
+        self.last_record = time.monotonic()
+        self._created = time.monotonic()
+        self._open = not self.targets
+
+    def seen(self, partition: int, offset: int) -> None:
+        self.progress[partition] = max(self.progress.get(partition, 0), offset + 1)
+        self.last_record = time.monotonic()
+
+    def caught_up(self, assigned: Iterable[int]) -> bool:
+        idle = time.monotonic() - self.last_record >= 0.5
+        for p in assigned:
+            target = self.targets.get(p)
+            if target is None:
+                continue
+            done = self.progress.get(p)
+            if done is None:
+                return False
+            # A trailing transaction marker takes an offset no record carries: tolerate it once idle.
+            if done < target and not (idle and done >= target - 1):
+                return False
+        return True
+
+    async def wait(self, assigned: Any) -> None:
+        while not self._open:
+            if self.caught_up(assigned()):
+                self._open = True
+                log.info("inventory backlog read: matching starts")
+            elif time.monotonic() - self._created > self.timeout_s:
+                self._open = True
+                log.warning("inventory backlog not read within %.0fs: matching starts anyway", self.timeout_s)
+            else:
+                await asyncio.sleep(0.05)
+
+
+def inventory_targets(settings: Settings, app_id: str) -> dict[int, int]:
+    """cloud.resources partitions with records this group has not committed yet → their end offsets."""
+    lags = group_lag(settings, app_id, [RESOURCES.name(settings.kafka_topic_prefix)])
+    return {pl.partition: pl.high for pl in lags if pl.lag > 0}
+
+
+def _record(event: Any) -> Record:
+    msg = event.message
+    key = msg.key
+    raw_headers = msg.headers or []
+    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+        value=msg.value,
+        headers={k: (v if isinstance(v, bytes) else str(v or "").encode()) for k, v in items},
+        timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+    )
+
+
+def create_app(settings: Settings, options: MatcherOptions, gate: InventoryGate) -> SupervisedApp:
+    """Build the faust app (one per run: faust apps hold state and cannot be restarted)."""
+    p = settings.kafka_topic_prefix
+    app_id = app_id_of(settings, options)
+    datadir = Path(options.datadir or Path(tempfile.gettempdir()) / "cloudbill-matcher" / app_id)
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = SupervisedApp(
+        app_id,
+        broker=broker_url(settings.kafka_bootstrap_servers),
+        store=options.store,
+        datadir=str(datadir),
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.kafka_partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_max_batch_size=options.producer_max_batch_size,
+        producer_acks=-1,
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
+        broker_commit_interval=options.commit_interval_s,
+        web_enabled=options.web_port > 0,
+        web_port=options.web_port or 6066,
+        web_bind=options.web_bind,
+        web_host=options.web_bind,
+    )
+
+    topics: dict[str, Any] = {}
+
+    def topic(name: str) -> Any:
+        """Every topic shared with other services: raw bytes both ways (we decode/encode the envelope)."""
+        if name not in topics:
+            topics[name] = app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
+        return topics[name]
+
+    resources_topic, lines_topic = topic(RESOURCES.name(p)), topic(COST_LINES.name(p))
+    matched_topic, completed_topic = topic(COST_LINES_MATCHED.name(p)), topic(INVOICE_COMPLETED.name(p))
+    index = InventoryIndex()
+
+    async def on_inventory_changelog(event: Any) -> None:
+        key = event.key.decode() if isinstance(event.key, bytes) else event.key
+        if event.value is None:
+            index.remove(key)
+        else:
+            index.upsert(InventoryEntry.from_dict(event.value))
+
+    table_opts = {
+        "partitions": settings.kafka_partitions,
+        "key_type": str,  # tables serialize keys and values as JSON (faust's table default)
+        "recovery_buffer_size": 1,
+    }
+    # GlobalTable applies standby changes one by one already (standby_buffer_size=1).
+    inventory = app.GlobalTable(INVENTORY_TABLE, on_changelog_event=on_inventory_changelog, **table_opts)
+    assembly = app.Table(ASSEMBLY_TABLE, standby_buffer_size=1, **table_opts)
+
+    async def send(outs: Iterable[Out]) -> None:
+        for o in outs:
+            headers = [(k, v.encode()) for k, v in o.headers.items()]
+            await topic(o.topic).send(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
+
+    async def dead_letter_record(rec: Record, error: Exception) -> None:
+        await send([dead_letter(rec, error, SERVICE)])
+
+    @app.agent(resources_topic, name="inventory", concurrency=1)
+    async def inventory_agent(stream: Any) -> None:
+        async for event in stream.events():
+            rec = _record(event)
+            try:
+                change = handlers.resource_change(rec)
+            except Exception as e:  # poison: never blocks the partition
+                await dead_letter_record(rec, e)
+            else:
+                if change.entry is None:
+                    if change.resource_key in inventory:
+                        del inventory[change.resource_key]
+                    index.remove(change.resource_key)
+                else:
+                    inventory[change.resource_key] = change.entry.to_dict()
+                    index.upsert(change.entry)
+            gate.seen(rec.partition, rec.offset)
+
+    def assigned_resource_partitions() -> set[int]:
+        name = resources_topic.get_topic_name()
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == name}
+
+    @app.agent(lines_topic, name="lines", concurrency=1)
+    async def lines_agent(stream: Any) -> None:
+        async for event in stream.events():
+            await gate.wait(assigned_resource_partitions)
+            rec = _record(event)
+            try:
+                step = handlers.cost_line_record(
+                    rec,
+                    index,
+                    state_of=lambda invoice: assembly.get(invoice),
+                    matched_topic=matched_topic.get_topic_name(),
+                    completed_topic=completed_topic.get_topic_name(),
+                )
+            except Exception as e:  # poison: never blocks the partition
+                await dead_letter_record(rec, e)
+                continue
+            await send(step.outs)
+            assembly[step.invoice_uuid] = step.state
+
+    log.debug("agents: %s, %s", inventory_agent.name, lines_agent.name)  # registered on the app
+    return app

@@ -1,0 +1,133 @@
+"""Supervision of a faust worker: crashes end the run, stops are bounded. Generic (no matching logic here).
+
+faust-streaming 0.15.3 marks an agent that raised as crashed while the worker keeps running, and on a
+stop it then waits forever for that agent's in-flight message. So we do not use faust's CLI or its
+signal handling: the worker runs on its own event loop, a watchdog ends it when (a) the caller's
+StopSignal is set (SIGTERM/SIGINT in a process), (b) an agent raised, or (c) the worker stopped or
+crashed by itself, and faust's stop is given `stop_timeout_s` before the loop is torn down regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from shared.kafka import StopSignal
+
+log = logging.getLogger(__name__)
+
+
+class WorkerCrashed(RuntimeError):
+    """An agent raised or the worker crashed: the process must end with a non-zero exit code."""
+
+
+class WorkerStopTimeout(RuntimeError):
+    """faust did not stop within the kill timeout; the loop was torn down anyway."""
+
+
+class SupervisedApp(faust.App):
+    """A faust App that remembers the first exception an agent raised (faust only logs it)."""
+
+    agent_crash: BaseException | None = None
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        if self.agent_crash is None:
+            self.agent_crash = exc
+            log.error("agent %s crashed: %s: %s", getattr(agent, "name", agent), type(exc).__name__, exc)
+        await super()._on_agent_error(agent, exc)
+
+
+class _Worker(faust.Worker):
+    """faust's Worker without its own signal handlers (the StopSignal is the only way to stop) or spinner."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
+
+    def install_signal_handlers(self) -> None:
+        return None
+
+
+@dataclass
+class Outcome:
+    crashed: BaseException | None = None
+    stop_timed_out: bool = False
+
+
+def run_worker(app: SupervisedApp, stop: StopSignal, *, stop_timeout_s: float = 15.0, poll_s: float = 0.2) -> None:
+    """Run `app` until `stop` is set; raise WorkerCrashed / WorkerStopTimeout when it did not end cleanly."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    outcome = Outcome()
+    try:
+        loop.run_until_complete(_supervise(app, loop, stop, outcome, stop_timeout_s, poll_s))
+    finally:
+        _teardown(loop)
+    if outcome.crashed is not None:
+        raise WorkerCrashed(f"{type(outcome.crashed).__name__}: {outcome.crashed}") from outcome.crashed
+    if outcome.stop_timed_out:
+        raise WorkerStopTimeout(f"faust did not stop within {stop_timeout_s}s")
+
+
+async def _supervise(
+    app: SupervisedApp,
+    loop: asyncio.AbstractEventLoop,
+    stop: StopSignal,
+    outcome: Outcome,
+    stop_timeout_s: float,
+    poll_s: float,
+) -> None:
+    worker = _Worker(app, loop=loop, quiet=True, override_logging=False, redirect_stdouts=False, daemon=True)
+    started = asyncio.ensure_future(worker.start())
+    while True:
+        if stop.is_set():
+            log.info("stop requested")
+            break
+        if app.agent_crash is not None:
+            outcome.crashed = app.agent_crash
+            break
+        crashed = worker.crash_reason or app.crash_reason
+        if crashed is not None:
+            outcome.crashed = crashed
+            log.error("faust worker crashed: %s: %s", type(crashed).__name__, crashed)
+            break
+        if started.done():
+            exc = None if started.cancelled() else started.exception()
+            outcome.crashed = exc or RuntimeError("the faust worker stopped by itself")
+            log.error("faust worker ended unexpectedly: %s", outcome.crashed)
+            break
+        await asyncio.sleep(poll_s)
+    # Not asyncio.wait_for: on timeout it cancels the stop and then waits for that cancellation, which a
+    # stuck faust stop never completes. asyncio.wait just stops waiting.
+    stopping = asyncio.ensure_future(worker.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=stop_timeout_s)
+    if not done:
+        outcome.stop_timed_out = True
+        log.error("faust did not stop within %.1fs: tearing the event loop down", stop_timeout_s)
+    elif not stopping.cancelled() and stopping.exception() is not None:
+        log.warning("error while stopping faust: %r", stopping.exception())
+    if not started.done():
+        started.cancel()
+        await asyncio.wait({started}, timeout=1.0)
+
+
+def _teardown(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel whatever faust left running and close the loop (bounded: cancelled tasks get 2 s)."""
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
+        with contextlib.suppress(BaseException):
+            gens = loop.create_task(loop.shutdown_asyncgens())
+            loop.run_until_complete(asyncio.wait({gens}, timeout=2.0))
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)

@@ -1,0 +1,100 @@
+"""`cloudbill run matcher` as a real process, SIGKILLed in the middle of an invoice and restarted."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+
+from services.matcher.app import SERVICE
+from shared.events import CostLineMatched, InvoiceCompleted, Resource
+from shared.kafka import group_lag
+from shared.settings import Settings
+from shared.topics import COST_LINES, COST_LINES_MATCHED, INVOICE_COMPLETED, RESOURCES, group_id
+from tests.helpers import ServiceProcess, wait_until
+from tests.integration.matcher.matcher_fixtures import (
+    end_of,
+    events_of,
+    line,
+    publish_invoice,
+    publish_resources,
+    publish_tombstone,
+)
+
+INV = "6a1c2d3e-4f50-4617-8829-3a4b5c6d7e8f"
+N = 40
+
+
+def _lines() -> list:
+    # Even lines name an existing droplet (node-0..node-9), odd lines a gone one: matches in every segment.
+    return [line(INV, i, "Droplets", f"{_name(i)} (s-1vcpu-1gb)", 100 + i) for i in range(N)]
+
+
+def _name(i: int) -> str:
+    return f"node-{i // 2 % 10}" if i % 2 == 0 else f"ghost-{i}"
+
+
+def _expected_id(i: int) -> str | None:
+    return str(100 + i // 2 % 10) if i % 2 == 0 else None
+
+
+def _caught_up(s: Settings, topic: str) -> bool:
+    lags = group_lag(s, group_id(s, SERVICE), [topic])
+    return bool(lags) and all(pl.lag == 0 for pl in lags)
+
+
+def _listening(pid: int) -> list:
+    return [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+
+def test_sigkill_mid_invoice_then_restart_loses_nothing_and_completes_once(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    s = kafka_settings
+    p = s.kafka_topic_prefix
+    lines = _lines()
+    publish_resources(s, [Resource(kind="droplet", resource_id=str(100 + i), name=f"node-{i}") for i in range(10)])
+    # ghost-39 existed and is gone: the recovered inventory must replay the deletion too (line 39 comes late).
+    publish_resources(s, [Resource(kind="droplet", resource_id="999", name="ghost-39")])
+    publish_tombstone(s, "droplet", "999")
+    env = {"MATCHER_COMMIT_INTERVAL_S": "0.5", "MATCHER_DATADIR": str(tmp_path / "faust")}
+    first = ServiceProcess("matcher", s, tmp_path, **env).start()
+    try:
+        publish_invoice(s, lines[:20])
+        wait_until(lambda: len(events_of(s, COST_LINES_MATCHED.name(p))) >= 20, timeout=90, what="first enrichments")
+        # Everything read so far is committed (so it will NOT be redelivered: the restart must rely on the
+        # recovered tables), then more lines arrive and the worker dies while handling them.
+        wait_until(lambda: _caught_up(s, COST_LINES.name(p)) and _caught_up(s, RESOURCES.name(p)), what="commits")
+        assert first.proc is not None
+        assert _listening(first.proc.pid) == [], "no web server unless a port is configured"
+        publish_invoice(s, lines[20:30])
+    finally:
+        first.kill()
+    assert first.proc is not None and first.proc.returncode == -9
+    publish_invoice(s, [*lines[30:], end_of(INV, lines)])
+
+    second = ServiceProcess("matcher", s, tmp_path, **env).start()
+    try:
+        wait_until(lambda: events_of(s, INVOICE_COMPLETED.name(p)), timeout=90, what="completion after restart")
+        wait_until(lambda: _caught_up(s, COST_LINES.name(p)), what="restart caught up")
+    finally:
+        code = second.stop(timeout=30)
+    assert code == 0, second.log()[-3000:]
+
+    by_line: dict[int, set[tuple[str, str | None]]] = defaultdict(set)
+    for event_id, m in events_of(s, COST_LINES_MATCHED.name(p)):
+        assert isinstance(m, CostLineMatched)
+        by_line[m.line.line_index].add((event_id, m.resource_id))
+    assert sorted(by_line) == list(range(N)), "every line's enrichment arrives"
+    for i, seen in by_line.items():
+        assert len(seen) == 1, f"line {i}: duplicates share one event id and one match ({seen})"
+        [(_, rid)] = seen
+        assert rid == _expected_id(i), f"line {i} matched with the recovered inventory"
+
+    completions = events_of(s, INVOICE_COMPLETED.name(p))
+    assert len({event_id for event_id, _ in completions}) == 1, completions
+    done = completions[0][1]
+    assert isinstance(done, InvoiceCompleted)
+    assert (done.revision, done.line_count, done.matched_count) == (1, N, N // 2)
+    assert done.amount_gross_minor == sum(x.amount_minor for x in lines)

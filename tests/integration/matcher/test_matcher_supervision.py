@@ -1,0 +1,62 @@
+"""faust's weak spots, guarded: a crashed agent ends the process non-zero; a stop that hangs is killed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.matcher.main import EXIT_CRASHED, EXIT_STOP_TIMEOUT
+from shared.events import BillingHistoryEntry
+from shared.kafka import EventProducer
+from shared.settings import Settings
+from shared.topics import HISTORY
+from tests.helpers import settings_env, wait_until
+
+
+def _publish_one(s: Settings) -> None:
+    prod = EventProducer(s, "test")
+    entry = BillingHistoryEntry(entry_type="Payment", description="p", amount_minor=-1, date="2024-01-01T00:00:00Z")
+    prod.publish(HISTORY.name(s.kafka_topic_prefix), "acct", entry, "acct")
+    prod.flush()
+
+
+def _start(s: Settings, mode: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.matcher.faulty_worker", mode, str(log.parent)],
+        env=settings_env(s),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_a_crashed_agent_ends_the_process_with_a_non_zero_code(kafka_settings: Settings, tmp_path: Path) -> None:
+    _publish_one(kafka_settings)
+    log = tmp_path / "faulty.log"
+    proc = _start(kafka_settings, "raise", log)
+    try:
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert code == EXIT_CRASHED, text
+    assert "boom: the agent failed on purpose" in text
+
+
+def test_a_stop_that_hangs_is_killed_after_the_timeout(kafka_settings: Settings, tmp_path: Path) -> None:
+    _publish_one(kafka_settings)
+    log = tmp_path / "faulty.log"
+    proc = _start(kafka_settings, "hang", log)
+    try:
+        wait_until(lambda: "refusing to stop" in log.read_text(errors="replace"), timeout=60, what="record in hand")
+        began = time.monotonic()
+        proc.terminate()
+        code = proc.wait(30)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == EXIT_STOP_TIMEOUT, log.read_text(errors="replace")
+    assert took < 15
