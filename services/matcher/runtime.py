@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 
+from services.matcher import faust_patches  # noqa: F401 - exact offset gaps (see the module)
 from shared.kafka import StopSignal
 
 log = logging.getLogger(__name__)

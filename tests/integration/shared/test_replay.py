@@ -91,3 +91,36 @@ def test_rewind_refuses_while_the_group_has_members(kafka_settings: Settings) ->
     finally:
         loop.stop.set()
         t.join(30)
+
+
+def test_lag_counts_records_not_transaction_markers(kafka_settings: Settings) -> None:
+    """A consumer that read every record of a transactional topic has no lag, though offsets remain."""
+    from confluent_kafka import Producer
+
+    from shared.kafka.config import producer_config
+
+    s = kafka_settings
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    group = s.kafka_topic_prefix + "txlag"
+    p = Producer(producer_config(s, "t", transactional_id=s.kafka_topic_prefix + "txlag"))
+    p.init_transactions(30)
+    for i in range(3):
+        p.begin_transaction()
+        for j in range(4):
+            p.produce(topic, key="same-partition", value=_entry_bytes(i * 4 + j))
+        p.commit_transaction(30)
+    seen, _loop, t = _consume(s, group, topic, 12)
+    t.join(30)
+    assert len(seen) == 12
+    lags = group_lag(s, group, [topic])
+    assert sum(x.high for x in lags) == 15  # 12 records + 3 transaction markers
+    assert sum(x.lag for x in lags) == 0
+
+
+def _entry_bytes(i: int) -> bytes:
+    from shared.events import encode
+
+    return encode(
+        BillingHistoryEntry(entry_type="Payment", description=f"p{i}", amount_minor=-i, date="2024-01-01T00:00:00Z"),
+        "a",
+    )
