@@ -51,6 +51,11 @@ def replay(
         plan = rewind_group(settings, st.group(settings), st.topics(settings), to_ms=to_ms)
     except GroupActiveError as e:
         console.print(f"[red]refused:[/red] {e}")
+        if stage is ReplayStage.matcher:
+            console.print(
+                "The embedded broker never releases a stopped faust worker's group. To re-match everything there, "
+                "start the matcher with MATCHER_GROUP_SUFFIX set to a new value (a fresh group reads from the start)."
+            )
         raise typer.Exit(2) from e
     total = 0
     for topic, offsets in plan.items():

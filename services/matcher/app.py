@@ -22,7 +22,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ class MatcherOptions(BaseSettings):
     stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")
     inventory_catchup_timeout_s: float = Field(
         30.0, ge=0, description="At start, lines wait at most this long for the inventory backlog to be read."
+    )
+    stall_timeout_s: float = Field(
+        60.0, ge=0, description="Records pending but none processed for this long: end the worker (0: never)."
     )
 
 
@@ -159,6 +162,55 @@ class InventoryGate:
                 await asyncio.sleep(0.05)
 
 
+class ProgressWatch:
+    """Liveness of the lines agent: records waiting (the group's lag) and no progress for too long.
+
+    Seen on the embedded broker after a SIGKILL and restart: the worker stopped receiving records, with an
+    invoice left incomplete. Ending the worker (non-zero exit) lets its supervisor restart it; at-least-once
+    delivery and deterministic event ids make the restart safe. The lag comes from the broker (committed
+    offsets vs the fetch-side end, counted in records), not from faust, whose view is what went stale.
+    """
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.last_progress = clock()
+
+    def processed(self) -> None:
+        self.last_progress = self.clock()
+
+    def due(self) -> bool:
+        """Worth asking the broker: nothing processed for the timeout."""
+        return bool(self.timeout_s) and self.clock() - self.last_progress >= self.timeout_s
+
+    def stalled(self, pending: Mapping[int, int]) -> str | None:
+        if not self.due():
+            return None
+        waiting = {p: n for p, n in sorted(pending.items()) if n > 0}
+        if not waiting:
+            return None
+        return (
+            f"{sum(waiting.values())} cost-line record(s) waiting on partition(s) {sorted(waiting)}, "
+            f"none processed for {self.clock() - self.last_progress:.0f}s"
+        )
+
+
+def liveness_probe(settings: Settings, app: SupervisedApp, watch: ProgressWatch) -> Callable[[], str | None]:
+    """The supervisor's liveness check (run off the event loop): a stall reason, or None when healthy.
+
+    It runs outside faust on purpose: a worker stuck before it is ready never starts faust's own timers.
+    """
+    name = COST_LINES.name(settings.kafka_topic_prefix)
+
+    def probe() -> str | None:
+        if not watch.due():
+            return None
+        lags = group_lag(settings, app.conf.id, [name])
+        return watch.stalled({pl.partition: pl.lag for pl in lags})
+
+    return probe
+
+
 def inventory_targets(settings: Settings, app_id: str) -> dict[int, int]:
     """cloud.resources partitions with records this group has not committed yet → their end offsets."""
     lags = group_lag(settings, app_id, [RESOURCES.name(settings.kafka_topic_prefix)])
@@ -181,7 +233,9 @@ def _record(event: Any) -> Record:
     )
 
 
-def create_app(settings: Settings, options: MatcherOptions, gate: InventoryGate) -> SupervisedApp:
+def create_app(
+    settings: Settings, options: MatcherOptions, gate: InventoryGate, watch: ProgressWatch | None = None
+) -> SupervisedApp:
     """Build the faust app (one per run: faust apps hold state and cannot be restarted)."""
     p = settings.kafka_topic_prefix
     app_id = app_id_of(settings, options)
@@ -289,6 +343,9 @@ def create_app(settings: Settings, options: MatcherOptions, gate: InventoryGate)
                 continue
             await send(step.outs)
             assembly[step.invoice_uuid] = step.state
+            progress.processed()
+
+    progress = watch or ProgressWatch(0)
 
     log.debug("agents: %s, %s", inventory_agent.name, lines_agent.name)  # registered on the app
     return app

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from services.matcher.app import (
     InventoryGate,
     MatcherOptions,
+    ProgressWatch,
     app_id_of,
     create_app,
     create_changelog_topics,
     inventory_targets,
+    liveness_probe,
 )
 from services.matcher.runtime import SupervisedApp, WorkerCrashed, WorkerStopTimeout, run_worker
 from shared.kafka import StopSignal, create_topics
@@ -38,21 +41,38 @@ def run(settings: Settings, stop: StopSignal | None = None, options: MatcherOpti
     app_id = app_id_of(settings, options)
     create_changelog_topics(settings, app_id)
     gate = InventoryGate(inventory_targets(settings, app_id), options.inventory_catchup_timeout_s)
-    app = create_app(settings, options, gate)
+    watch = ProgressWatch(options.stall_timeout_s)
+    app = create_app(settings, options, gate, watch)
     log.info(
         "matcher starting (group %s, store %s, web %s)",
         app.conf.id,
         options.store,
         f"{options.web_bind}:{options.web_port}" if options.web_port else "disabled",
     )
-    supervise(app, stop, options.stop_timeout_s, as_process=as_process)
+    liveness = liveness_probe(settings, app, watch) if options.stall_timeout_s else None
+    supervise(
+        app,
+        stop,
+        options.stop_timeout_s,
+        as_process=as_process,
+        liveness=liveness,
+        liveness_every_s=max(1.0, min(5.0, options.stall_timeout_s / 4)),
+    )
     log.info("matcher stopped")
 
 
-def supervise(app: SupervisedApp, stop: StopSignal, stop_timeout_s: float, *, as_process: bool) -> None:
-    """Run a faust app; as a process, a crash or a stop past its kill timeout exits non-zero."""
+def supervise(
+    app: SupervisedApp,
+    stop: StopSignal,
+    stop_timeout_s: float,
+    *,
+    as_process: bool,
+    liveness: Callable[[], str | None] | None = None,
+    liveness_every_s: float = 5.0,
+) -> None:
+    """Run a faust app; as a process, a crash, a stall or a stop past its kill timeout exits non-zero."""
     try:
-        run_worker(app, stop, stop_timeout_s=stop_timeout_s)
+        run_worker(app, stop, stop_timeout_s=stop_timeout_s, liveness=liveness, liveness_every_s=liveness_every_s)
     except WorkerCrashed as e:
         if not as_process:
             raise

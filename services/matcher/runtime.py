@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,30 @@ class WorkerCrashed(RuntimeError):
 
 class WorkerStopTimeout(RuntimeError):
     """faust did not stop within the kill timeout; the loop was torn down anyway."""
+
+
+class WorkerStalled(RuntimeError):
+    """The liveness probe saw work waiting and no progress: the worker must be restarted."""
+
+
+class _Liveness:
+    """Calls a blocking liveness check at most every `every_s`, in a thread, never two at once."""
+
+    def __init__(self, check: Callable[[], str | None], every_s: float) -> None:
+        self._check = check
+        self.every_s = every_s
+        self._next = time.monotonic() + every_s
+
+    async def check(self, loop: asyncio.AbstractEventLoop) -> str | None:
+        if time.monotonic() < self._next:
+            return None
+        try:
+            return await loop.run_in_executor(None, self._check)
+        except Exception as e:
+            log.warning("liveness probe failed: %s: %s", type(e).__name__, e)
+            return None
+        finally:
+            self._next = time.monotonic() + self.every_s
 
 
 class SupervisedApp(faust.App):
@@ -60,13 +86,26 @@ class Outcome:
     stop_timed_out: bool = False
 
 
-def run_worker(app: SupervisedApp, stop: StopSignal, *, stop_timeout_s: float = 15.0, poll_s: float = 0.2) -> None:
-    """Run `app` until `stop` is set; raise WorkerCrashed / WorkerStopTimeout when it did not end cleanly."""
+def run_worker(
+    app: SupervisedApp,
+    stop: StopSignal,
+    *,
+    stop_timeout_s: float = 15.0,
+    poll_s: float = 0.2,
+    liveness: Callable[[], str | None] | None = None,
+    liveness_every_s: float = 5.0,
+) -> None:
+    """Run `app` until `stop` is set; raise WorkerCrashed / WorkerStopTimeout when it did not end cleanly.
+
+    `liveness`, when given, is called every `liveness_every_s` off the event loop; a reason it returns
+    ends the worker as a crash (WorkerStalled), so the process exits non-zero and is restarted.
+    """
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     outcome = Outcome()
+    probe = _Liveness(liveness, liveness_every_s) if liveness else None
     try:
-        loop.run_until_complete(_supervise(app, loop, stop, outcome, stop_timeout_s, poll_s))
+        loop.run_until_complete(_supervise(app, loop, stop, outcome, stop_timeout_s, poll_s, probe))
     finally:
         _teardown(loop)
     if outcome.crashed is not None:
@@ -82,6 +121,7 @@ async def _supervise(
     outcome: Outcome,
     stop_timeout_s: float,
     poll_s: float,
+    probe: _Liveness | None = None,
 ) -> None:
     worker = _Worker(app, loop=loop, quiet=True, override_logging=False, redirect_stdouts=False, daemon=True)
     started = asyncio.ensure_future(worker.start())
@@ -96,6 +136,10 @@ async def _supervise(
         if crashed is not None:
             outcome.crashed = crashed
             log.error("faust worker crashed: %s: %s", type(crashed).__name__, crashed)
+            break
+        if probe is not None and (reason := await probe.check(loop)):
+            outcome.crashed = WorkerStalled(reason)
+            log.error("faust worker stalled: %s", reason)
             break
         if started.done():
             exc = None if started.cancelled() else started.exception()
