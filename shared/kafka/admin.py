@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import takewhile
 
 from confluent_kafka import (
     Consumer,
@@ -12,6 +14,7 @@ from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
+    Message,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -65,6 +68,30 @@ class PartitionLag:
         return self.high - (self.committed if self.committed is not None and self.committed >= 0 else 0)
 
 
+def _probe(settings: Settings, name: str, **extra: object) -> Consumer:
+    """A throwaway consumer for reading offsets and records: never commits, reports partition ends."""
+    return Consumer(
+        base_config(settings, f"cloudbill-{name}")
+        | {"group.id": f"cloudbill-{name}-probe", "enable.auto.commit": False, "enable.partition.eof": True}
+        | extra
+    )
+
+
+def _until_eof(probe: Consumer, timeout: float) -> Iterator[Message]:
+    """The assigned partition's records up to its end; a TimeoutError-like KafkaException past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = probe.poll(0.2)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                return
+            continue
+        yield msg
+    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"no partition end within {timeout}s"))
+
+
 def high_watermarks(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
     """High watermark per partition, read from the fetch side.
 
@@ -72,16 +99,7 @@ def high_watermarks(settings: Settings, topic: str, timeout: float = 10.0) -> di
     batch's first offset + 1, never more than the truth). So we seek just before that answer and read
     to the partition's end: the EOF event carries the true high watermark. At most one batch is read.
     """
-    probe = Consumer(
-        base_config(settings, "cloudbill-watermarks")
-        | {
-            "group.id": "cloudbill-watermark-probe",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_uncommitted",
-            "fetch.max.bytes": 1048576,
-        }
-    )
+    probe = _probe(settings, "watermarks", **{"isolation.level": "read_uncommitted", "fetch.max.bytes": 1048576})
     try:
         md = probe.list_topics(topic, timeout=timeout)
         parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
@@ -139,31 +157,10 @@ def group_lag(
 
 def count_records(settings: Settings, topic: str, partition: int, start: int, end: int, timeout: float = 10.0) -> int:
     """Records a read_committed consumer would receive in [start, end) of one partition."""
-    probe = Consumer(
-        base_config(settings, "cloudbill-lag-count")
-        | {
-            "group.id": "cloudbill-lag-probe",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
+    probe = _probe(settings, "lag-count", **{"isolation.level": "read_committed"})
     try:
         probe.assign([TopicPartition(topic, partition, start)])
-        n = 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = probe.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    return n
-                continue
-            if msg.offset() >= end:
-                return n
-            n += 1
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"counting {topic}[{partition}] took over {timeout}s"))
+        return sum(1 for _ in takewhile(lambda m: m.offset() < end, _until_eof(probe, timeout)))
     finally:
         probe.close()
 
@@ -194,10 +191,7 @@ def offsets_for_time(settings: Settings, topic: str, ts_ms: int, timeout: float 
     checked by reading the record it points at: one older than `ts_ms` means "past the end".
     """
     highs = high_watermarks(settings, topic, timeout)
-    probe = Consumer(
-        base_config(settings, "cloudbill-offsets-for-time")
-        | {"group.id": "cloudbill-offsets-probe", "enable.auto.commit": False, "enable.partition.eof": True}
-    )
+    probe = _probe(settings, "offsets-for-time")
     try:
         asked = [TopicPartition(topic, p, ts_ms) for p in sorted(highs)]
         found = {tp.partition: tp.offset for tp in probe.offsets_for_times(asked, timeout=timeout)}
@@ -208,26 +202,12 @@ def offsets_for_time(settings: Settings, topic: str, ts_ms: int, timeout: float 
                 out[p] = hi
                 continue
             probe.assign([TopicPartition(topic, p, off)])
-            ts = _first_timestamp(probe, timeout)
+            ts = next((m.timestamp()[1] for m in _until_eof(probe, timeout)), None)
             out[p] = hi if ts is not None and ts < ts_ms else off
             probe.unassign()
         return out
     finally:
         probe.close()
-
-
-def _first_timestamp(probe: Consumer, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = probe.poll(0.2)
-        if msg is None:
-            continue
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                return None
-            continue
-        return msg.timestamp()[1]
-    return None
 
 
 def rewind_group(
