@@ -15,7 +15,9 @@ from typing import Any
 from shared.events import Balance, BillingHistoryEntry, InvoiceDiscovered, Resource
 from shared.money import parse_minor
 
-JOBS: tuple[str, ...] = ("balance", "history", "resources")
+# The inventory first: invoices discovered by the history poll are ingested and matched right away, and
+# a cost line is matched against the inventory the matcher holds at that moment.
+JOBS: tuple[str, ...] = ("resources", "balance", "history")
 
 _MONTHS = {
     name: i

@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def crons(settings: Settings) -> dict[str, str]:
+    # Same order as JOBS: when several are due at one tick, the inventory is synced first.
     return {
+        "resources": settings.poll_resources_cron,
         "balance": settings.poll_balance_cron,
         "history": settings.poll_history_cron,
-        "resources": settings.poll_resources_cron,
     }
 
 

@@ -342,8 +342,9 @@ def test_cli_bad_token_one_clear_error(settings: Settings, strict_sim: RunningSe
     res = CliRunner().invoke(app, ["poll", "all"])
     assert res.exit_code == 1
     failures = [line for line in res.output.splitlines() if "FAILED" in line]
-    assert len(failures) == 3  # balance, history, resources: each one line, no retry storm
-    assert "balance poll of account main FAILED: DigitalOcean GET /v2/customers/my/balance" in failures[0]
+    assert len(failures) == 3  # resources, balance, history: each one line, no retry storm
+    assert [line.split(" poll of")[0].split()[-1] for line in failures] == ["resources", "balance", "history"]
+    assert any("balance poll of account main FAILED: DigitalOcean GET /v2/customers/my/balance" in f for f in failures)
     assert all("HTTP 401" in line for line in failures)
     assert BAD_TOKEN not in res.output
     assert len(sim_requests(strict_sim)) == 1 + 1 + 10  # balance, invoices, 10 listings: no retries
