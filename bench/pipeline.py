@@ -93,6 +93,7 @@ def pipeline_bench(invoices: int, lines: int, resources: int, timeout: float = 9
         sampler = RssSampler(stack)
         sampler.start()
         stack.poll_now("resources")
+        stack.wait_inventory_read(120)
         t0 = time.perf_counter()
         stack.poll_now("history")
         result["poll_history_s"] = round(time.perf_counter() - t0, 2)

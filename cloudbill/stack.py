@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.devinfra import EmbeddedKafka, EmbeddedPostgres, free_port, wait_for_port
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,34 @@ class Stack:
     def dead(self) -> list[Child]:
         return [c for c in self.children.values() if not c.alive()]
 
-    def poll_now(self, what: str = "all") -> str:
-        return self._cli(["poll", what]).stdout
+    def poll_now(self, what: str = "all", inventory_timeout: float = 90.0) -> str:
+        """One poll now. `all` syncs the inventory first and waits until the matcher has read it, so the
+        invoices the history poll discovers are matched against the whole inventory (see inventory_read)."""
+        if what != "all":
+            return self._cli(["poll", what]).stdout
+        out = self._cli(["poll", "resources"]).stdout
+        self.wait_inventory_read(inventory_timeout)
+        return out + self._cli(["poll", "balance"]).stdout + self._cli(["poll", "history"]).stdout
+
+    def settings(self) -> Settings:
+        return Settings(
+            _env_file=None,
+            kafka_bootstrap_servers=self.bootstrap,
+            kafka_topic_prefix=self.cfg.topic_prefix,
+            database_url=self.database_url,
+        )
+
+    def wait_inventory_read(self, timeout: float) -> None:
+        from services.matcher.app import inventory_read
+
+        settings = self.settings()
+        deadline = time.monotonic() + timeout
+        while not inventory_read(settings):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the matcher did not read the inventory within {timeout}s")
+            if self.children.get("matcher") is not None and not self.children["matcher"].alive():
+                raise RuntimeError(f"the matcher exited:\n{self.children['matcher'].tail()}")
+            time.sleep(0.5)
 
     def up(self) -> Stack:
         self.start_infra()

@@ -211,6 +211,18 @@ def liveness_probe(settings: Settings, app: SupervisedApp, watch: ProgressWatch)
     return probe
 
 
+def inventory_read(settings: Settings, options: MatcherOptions | None = None) -> bool:
+    """Has the matcher read (and committed) the whole inventory topic as it stands now?
+
+    A line is matched against the inventory the matcher holds when it processes the line. Starting from
+    empty with everything at once (the demo, end-to-end tests), sync the inventory and wait for this
+    before polling the billing history; on schedules the inventory is loaded long before.
+    """
+    app_id = app_id_of(settings, options or MatcherOptions())
+    lags = group_lag(settings, app_id, [RESOURCES.name(settings.kafka_topic_prefix)])
+    return bool(lags) and all(pl.lag == 0 for pl in lags)
+
+
 def inventory_targets(settings: Settings, app_id: str) -> dict[int, int]:
     """cloud.resources partitions with records this group has not committed yet → their end offsets."""
     lags = group_lag(settings, app_id, [RESOURCES.name(settings.kafka_topic_prefix)])

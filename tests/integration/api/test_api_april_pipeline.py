@@ -21,6 +21,7 @@ from services.api import projector
 from services.api.cli import mint_token
 from services.finance_pusher import main as pusher_main
 from services.ingester import main as ingester_main
+from services.matcher.app import inventory_read
 from services.poller import main as poller_main
 from shared.db import connect
 from shared.kafka import StopSignal
@@ -63,7 +64,10 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
             start(target)
         poller, close = poller_main.build(s)
         try:
-            results = poller.poll("all")
+            # The inventory first, read by the matcher, then the billing data (see inventory_read).
+            results = poller.poll("resources")
+            wait_until(lambda: inventory_read(s), timeout=90, what="matcher read the inventory")
+            results += poller.poll("balance") + poller.poll("history")
         finally:
             close()
         assert not [r for r in results if r.failed], results
