@@ -16,23 +16,8 @@ from pathlib import Path
 import psutil
 
 from cloudbill.stack import Stack, StackConfig
-from shared.db import connect
+from cloudbill.status import invoice_progress
 from shared.devinfra import free_port
-
-
-def _counts(database_url: str) -> dict[str, int]:
-    with connect(database_url) as conn:
-        try:
-            rows = conn.execute("SELECT status_rank, count(*) AS n FROM readmodel.invoices GROUP BY 1").fetchall()
-        except Exception:
-            return {}
-    by = {r["status_rank"]: r["n"] for r in rows}
-    return {
-        "discovered": sum(by.values()),
-        "ingested": sum(n for k, n in by.items() if k >= 1),
-        "completed": sum(n for k, n in by.items() if k >= 3),
-        "pushed": sum(n for k, n in by.items() if k >= 4),
-    }
 
 
 class RssSampler(threading.Thread):
@@ -100,7 +85,7 @@ def pipeline_bench(invoices: int, lines: int, resources: int, timeout: float = 9
         marks: dict[str, float] = {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            c = _counts(stack.database_url)
+            c = invoice_progress(stack.database_url)
             for k in ("discovered", "ingested", "completed", "pushed"):
                 if k not in marks and c.get(k, 0) >= invoices:
                     marks[k] = time.perf_counter() - t0

@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cloudbill.stack import Stack
+from cloudbill.status import invoice_progress
 from shared.auth import mint
 from shared.money import format_minor
 
@@ -23,24 +24,6 @@ def _april_uuid() -> str:
     from sims.scenario import APRIL_2026_INVOICE_UUID
 
     return APRIL_2026_INVOICE_UUID
-
-
-def invoice_counts(stack: Stack) -> dict[str, int]:
-    """Invoices per status from the read model (0 discovered … 4 pushed), cumulative: pushed ⊂ ingested."""
-    from shared.db import connect
-
-    with connect(stack.database_url) as conn:
-        try:
-            rows = conn.execute("SELECT status_rank, count(*) AS n FROM readmodel.invoices GROUP BY 1").fetchall()
-        except Exception:
-            return {"discovered": 0, "ingested": 0, "pushed": 0}
-    by_rank = {r["status_rank"]: r["n"] for r in rows}
-    return {
-        "discovered": sum(by_rank.values()),
-        "ingested": sum(n for k, n in by_rank.items() if k >= 1),
-        "completed": sum(n for k, n in by_rank.items() if k >= 3),
-        "pushed": sum(n for k, n in by_rank.items() if k >= 4),
-    }
 
 
 class DemoClient:
@@ -90,7 +73,7 @@ def wait_for_april(stack: Stack, client: DemoClient, console: Console, timeout: 
     april = None
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() - start < timeout:
-            counts = invoice_counts(stack)
+            counts = invoice_progress(stack.database_url)
             april = client.invoice(uuid)
             live.update(_progress_table(counts, april, time.monotonic() - start))
             # Done when April is in finance and every discovered invoice has been pushed too.
@@ -113,7 +96,7 @@ def run_demo(stack: Stack, console: Console, *, timeout: float = 300) -> bool:
     if april is None:
         console.print(f"[red]the April 2026 invoice was not pushed within {timeout:.0f}s[/red] (logs: {stack.logdir})")
         return False
-    counts = invoice_counts(stack)
+    counts = invoice_progress(stack.database_url)
     rows = client.finance_rows(april["invoice_uuid"])
     t = Table(title="cloudbill demo: summary", show_header=False)
     t.add_row(

@@ -21,7 +21,6 @@ from cloudbill.stack import Stack, StackConfig
 from shared.auth import mint
 from shared.devinfra import free_port
 from shared.events import decode
-from shared.settings import Settings
 from shared.topics import INVOICE_PUSHED
 from sims.scenario import APRIL_2026_INVOICE_UUID
 from tests.conftest import KafkaUnderTest
@@ -49,7 +48,7 @@ def _all_invoices(api: httpx.Client) -> list[dict]:
 
 
 def _pushed(stack: Stack) -> list[tuple[str, str]]:
-    s = Settings(_env_file=None, kafka_bootstrap_servers=stack.bootstrap, kafka_topic_prefix=stack.cfg.topic_prefix)
+    s = stack.settings()
     return [
         (d.invoice_uuid, d.action)
         for r in read_all(s, INVOICE_PUSHED.name(s.kafka_topic_prefix))

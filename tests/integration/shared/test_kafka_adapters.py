@@ -127,24 +127,18 @@ def test_poison_message_lands_in_dlq_with_headers_and_does_not_block(kafka_setti
     assert b"unknown event type 'billing.nope'" in second.headers[dl.H_ERROR_MESSAGE]
 
 
-def test_transaction_commits_records_and_offsets_together(kafka_settings: Settings) -> None:
-    s = kafka_settings
-    src = INVOICE_DISCOVERED.name(s.kafka_topic_prefix)
-    dst = HISTORY.name(s.kafka_topic_prefix)
-    group = s.kafka_topic_prefix + "txn"
+def _run_transactional(s: Settings, group: str, src: str, n: int, transform) -> list[int]:
+    """Seed `n` records on `src`, run a TransactionalProcessor until all `n` are committed; their offsets."""
     prod = EventProducer(s, "test")
-    for i in range(3):
+    for i in range(n):
         prod.produce(Out(src, f"k{i}", encode(_entry(i), "acct")))
     prod.flush()
     stop = StopSignal()
     done: list[int] = []
 
-    def transform(rec: Record) -> list[Out]:
-        return [Out(dst, rec.key, rec.value), Out(dst, rec.key, rec.value)]
-
     def after(rec: Record) -> None:
         done.append(rec.offset)
-        if len(done) == 3:
+        if len(done) == n:
             stop.set()
 
     proc = TransactionalProcessor(
@@ -160,6 +154,17 @@ def test_transaction_commits_records_and_offsets_together(kafka_settings: Settin
     t = threading.Thread(target=proc.run, daemon=True)
     t.start()
     t.join(60)
+    return done
+
+
+def test_transaction_commits_records_and_offsets_together(kafka_settings: Settings) -> None:
+    s = kafka_settings
+    src = INVOICE_DISCOVERED.name(s.kafka_topic_prefix)
+    dst = HISTORY.name(s.kafka_topic_prefix)
+    group = s.kafka_topic_prefix + "txn"
+    done = _run_transactional(
+        s, group, src, 3, lambda rec: [Out(dst, rec.key, rec.value), Out(dst, rec.key, rec.value)]
+    )
     assert len(done) == 3
     out = read_all(s, dst)
     assert len(out) == 6
@@ -190,30 +195,6 @@ def test_record_with_no_outputs_still_commits_its_offset(kafka_settings: Setting
     s = kafka_settings
     src = INVOICE_DISCOVERED.name(s.kafka_topic_prefix)
     group = s.kafka_topic_prefix + "noop"
-    prod = EventProducer(s, "test")
-    for i in range(4):
-        prod.produce(Out(src, f"k{i}", encode(_entry(i), "acct")))
-    prod.flush()
-    stop = StopSignal()
-    done: list[int] = []
-
-    def after(rec: Record) -> None:
-        done.append(rec.offset)
-        if len(done) == 4:
-            stop.set()
-
-    proc = TransactionalProcessor(
-        s,
-        service="t",
-        group=group,
-        topics=[src],
-        transform=lambda rec: [],
-        stop=stop,
-        after_commit=after,
-        transactional_id=group + ".1",
-    )
-    t = threading.Thread(target=proc.run, daemon=True)
-    t.start()
-    t.join(60)
+    done = _run_transactional(s, group, src, 4, lambda rec: [])
     assert len(done) == 4
     assert sum(_committed(s, group, src).values()) == 4
