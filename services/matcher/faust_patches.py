@@ -1,34 +1,222 @@
-"""A fix for faust-streaming 0.15.3's offset commits on transactional topics, applied at import.
+"""Four fixes for faust-streaming 0.15.3's at-least-once commits, applied at import.
 
-The ingester writes cost lines in transactions, so the topic has a control record (invisible to
-consumers) after every invoice: offset gaps. faust fills gaps with `_add_gap(tp, last_read + 1, offset)`
-where `offset` is the record that *closes* the gap, and stores the interval inclusive of it, so that
-record's offset is acked twice. `_new_offset` commits only the first run of consecutive offsets and a
-duplicate ends a run: every commit crossed one gap only, i.e. one invoice per partition per commit
-interval (measured: ~14 offsets/s per partition), while processing was long done. Committed offsets
-then trail far behind, lag looks huge, and a restart reprocesses that backlog.
+1. Offset gaps (transaction markers). The ingester writes cost lines in transactions, so the topic has a
+   control record (invisible to consumers) after every invoice: offset gaps. faust fills gaps with
+   `_add_gap(tp, last_read + 1, offset)` where `offset` is the record that *closes* the gap, and stores the
+   interval inclusive of it, so that record's offset is acked twice. `_new_offset` commits only the first
+   run of consecutive offsets and a duplicate ends a run: every commit crossed one gap only, i.e. one
+   invoice per partition per commit interval (measured: ~14 offsets/s per partition), while processing was
+   long done. The fix records the gap without the closing record: exactly the offsets never delivered.
 
-The fix records the gap without the closing record: exactly the offsets never delivered.
+2. Table changelog before the source offset. A table write goes to the producer buffer (`send_soon`); a
+   commit first calls `producer.flush()`, but the buffer's flush gives up after 0.1 s without a sent
+   message and never counts the message its sender task is handing to aiokafka. So a source offset could
+   be committed while the changelog record of the state it produced was still unsent; a crash then lost
+   that state for good (the record is not redelivered, the recovered table lacks it). Found by reading
+   faust while tracing lost completions (not the cause of those: see 3 and 4). The fix tracks every buffered message until it is delivered and
+   makes the flush wait for all of them; a failed delivery fails the commit (the records are processed
+   again: at-least-once).
+
+3. Never commit past a record that was fetched and not processed. At start and after a rebalance faust
+   resumes the flow before it seeks to the committed offsets; a record fetched in that window can be
+   dropped from the agent's queue without being acked, and the fetcher goes on after it (traced: offsets
+   20-22 processed, 23 fetched and never yielded, 24-40 processed). `_new_offset` then commits past it,
+   because it tolerates one missing offset right after the committed one (meant for a transaction marker).
+   The lost line never completed its invoice. The fix remembers every offset handed to the agents, and a
+   commit stops at the first one not acked. If later offsets of that partition are acked already, the
+   record was dropped (one agent per topic, concurrency 1: acks come in offset order): the consumer
+   reports it (`dropped_record`), and the supervisor restarts the worker, which re-reads from the
+   record. A transaction marker is never fetched, so it is still crossed.
+
+4. The cause of most such drops: when recovery ends, faust resumes the stream partitions, then seeks them
+   to the committed offsets (the flow is already running). The fetcher is already running (it read the
+   changelogs), so records fetched before the seek reach the agents, or are dropped when the flow
+   resumes, and the seek is overtaken by the read offsets they leave behind (traced after every SIGKILL
+   restart: records yielded before the seek, the rest of the fetch lost). The fix (in
+   `on_recovery_completed`, the path every rebalance with tables takes) seeks first, while the stream
+   partitions are still paused, then resumes them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
 
-_PATCHED = "_cloudbill_exact_gap"
+_PATCHED = "_cloudbill_patched"
+_DELIVERIES = "_cloudbill_deliveries"
+_FETCHED = "_cloudbill_fetched"
+_DROPPED = "_cloudbill_dropped"
+
+
+class ChangelogNotDelivered(RuntimeError):
+    """A buffered (table changelog) message failed: the offsets that produced it must not be committed."""
+
+
+class Deliveries:
+    """Messages put into one producer buffer and not yet delivered, and failures not yet reported."""
+
+    def __init__(self) -> None:
+        self.pending: set[asyncio.Future] = set()
+        self.failed: list[BaseException] = []
+
+    def track(self, fut: asyncio.Future) -> None:
+        self.pending.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: asyncio.Future) -> None:
+        self.pending.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self.failed.append(fut.exception())  # reported by the next flush (and so retrieved)
+
+    async def wait(self) -> None:
+        """Until everything tracked so far is delivered; raises if anything failed since the last wait."""
+        waiting = [f for f in self.pending if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+        failed, self.failed = self.failed, []
+        if failed:
+            raise ChangelogNotDelivered(f"{len(failed)} buffered message(s) not delivered: {failed[0]!r}")
+
+
+def deliveries(buffer: Any) -> Deliveries:
+    tracked = buffer.__dict__.get(_DELIVERIES)
+    if tracked is None:
+        tracked = buffer.__dict__[_DELIVERIES] = Deliveries()
+    return tracked
+
+
+def fetched(consumer: Any) -> dict[Any, set[int]]:
+    """Per partition: offsets handed to the agents and not yet known to be committed."""
+    tracked = consumer.__dict__.get(_FETCHED)
+    if tracked is None:
+        tracked = consumer.__dict__[_FETCHED] = {}
+    return tracked
+
+
+def dropped_record(consumer: Any) -> str | None:
+    """Why the worker must re-read a partition (a record was fetched, skipped, and later ones processed)."""
+    return consumer.__dict__.get(_DROPPED) if consumer is not None else None
+
+
+def unprocessed_floor(consumer: Any, tp: Any) -> int | None:
+    """The lowest offset handed to the agents and not acked yet (pruned below the committed offset)."""
+    offsets = fetched(consumer).get(tp)
+    if not offsets:
+        return None
+    committed = consumer._committed_offset[tp]
+    if committed is not None:
+        offsets.difference_update([o for o in offsets if o < committed])
+    acked = consumer._acked_index[tp]
+    pending = [o for o in offsets if o not in acked]
+    return min(pending) if pending else None
 
 
 def apply() -> None:
     if getattr(Consumer, _PATCHED, False):
         return
-    original = Consumer._add_gap
+    original_add_gap = Consumer._add_gap
 
     async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-        await original(self, tp, offset_from, offset_to - 1)
+        await original_add_gap(self, tp, offset_from, offset_to - 1)
 
+    original_put = ProducerBuffer.put
+    original_flush = ProducerBuffer.flush
+
+    def put(self: Any, fut: Any) -> None:
+        deliveries(self).track(fut)
+        original_put(self, fut)
+
+    async def flush(self: Any) -> None:
+        await original_flush(self)
+        if not self.should_stop:  # stopping: the sender task is gone, unsent messages would never resolve
+            await deliveries(self).wait()
+
+    original_init = Consumer.__init__
+    original_new_offset = Consumer._new_offset
+    original_revoked = Consumer.on_partitions_revoked
+
+    def __init__(self: Any, transport: Any, callback: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, transport, callback, *args, **kwargs)
+        acking = self.app.topics.acks_enabled_for
+        tracked = fetched(self)
+
+        async def track_then_deliver(message: Any) -> Any:
+            if acking(message.topic):
+                tracked.setdefault(message.tp, set()).add(message.offset)
+            return await callback(message)
+
+        self.callback = track_then_deliver
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        floor = unprocessed_floor(self, tp)
+        acked = self._acked[tp]
+        beyond = [o for o in acked if floor is not None and o >= floor]
+        if not beyond:
+            return original_new_offset(self, tp)
+        if _DROPPED not in self.__dict__:
+            self.__dict__[_DROPPED] = (
+                f"{tp.topic}[{tp.partition}] offset {floor} was fetched but never processed while "
+                f"{len(beyond)} later record(s) were: re-read from it"
+            )
+        acked[:] = [o for o in acked if o < floor]  # commit up to the unprocessed record, no further
+        try:
+            return original_new_offset(self, tp)
+        finally:
+            acked.extend(beyond)
+            acked.sort()
+
+    async def on_partitions_revoked(self: Any, revoked: Any) -> None:
+        tracked = fetched(self)
+        for tp in revoked:
+            tracked.pop(tp, None)  # a new assignment starts again from the committed offset
+        await original_revoked(self, revoked)
+
+    async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+        """faust's Recovery.on_recovery_completed with the seek before the stream partitions resume."""
+        app = self.app
+        consumer = app.consumer
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+            )
+            for table in self.tables.values()
+        ]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        assignment = consumer.assignment()
+        if app.consumer_generation_id != generation_id:
+            self.log.warning(
+                "Recovery rebalancing again: generation %s, not %s", app.consumer_generation_id, generation_id
+            )
+            return
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        self.completed.set()
+        app.flow_control.resume()
+        consumer.resume_flow()
+        await app._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    Recovery.on_recovery_completed = on_recovery_completed
+    Consumer.__init__ = __init__
+    Consumer._new_offset = _new_offset
+    Consumer.on_partitions_revoked = on_partitions_revoked
     Consumer._add_gap = _add_gap
+    ProducerBuffer.put = put
+    ProducerBuffer.flush = flush
     setattr(Consumer, _PATCHED, True)
 
 

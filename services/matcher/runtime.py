@@ -3,8 +3,9 @@
 faust-streaming 0.15.3 marks an agent that raised as crashed while the worker keeps running, and on a
 stop it then waits forever for that agent's in-flight message. So we do not use faust's CLI or its
 signal handling: the worker runs on its own event loop, a watchdog ends it when (a) the caller's
-StopSignal is set (SIGTERM/SIGINT in a process), (b) an agent raised, or (c) the worker stopped or
-crashed by itself, and faust's stop is given `stop_timeout_s` before the loop is torn down regardless.
+StopSignal is set (SIGTERM/SIGINT in a process), (b) an agent raised, (c) the worker stopped or
+crashed by itself, (d) faust dropped a fetched record (faust_patches), or (e) the liveness probe saw a
+stall, and faust's stop is given `stop_timeout_s` before the loop is torn down regardless.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import faust
 
-from services.matcher import faust_patches  # noqa: F401 - exact offset gaps (see the module)
+from services.matcher import faust_patches  # at-least-once fixes for faust's commits (see the module)
 from shared.kafka import StopSignal
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ class WorkerStopTimeout(RuntimeError):
 
 class WorkerStalled(RuntimeError):
     """The liveness probe saw work waiting and no progress: the worker must be restarted."""
+
+
+class RecordDropped(RuntimeError):
+    """faust skipped a fetched record: a restart re-reads it from the offset commits were held at."""
 
 
 class _Liveness:
@@ -136,6 +141,10 @@ async def _supervise(
         if crashed is not None:
             outcome.crashed = crashed
             log.error("faust worker crashed: %s: %s", type(crashed).__name__, crashed)
+            break
+        if reason := faust_patches.dropped_record(app._consumer):
+            outcome.crashed = RecordDropped(reason)
+            log.error("faust dropped a record: %s", reason)
             break
         if probe is not None and (reason := await probe.check(loop)):
             outcome.crashed = WorkerStalled(reason)

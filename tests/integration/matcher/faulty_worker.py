@@ -1,7 +1,8 @@
 """A faust app whose agent misbehaves, supervised like the matcher (run as a process by the tests).
 
 `python -m tests.integration.matcher.faulty_worker raise|hang DATADIR` with the test's settings in the environment:
-`raise` makes the agent raise on its first message; `hang` makes it refuse to stop (ignores cancellation).
+`raise` makes the agent raise on its first message; `hang` makes it refuse to stop (ignores cancellation);
+`drop` acks every record but the first, which is what faust does to a record it drops after a rebalance.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def build(settings: Settings, mode: str) -> SupervisedApp:
 
     @app.agent(topic, concurrency=1)
     async def faulty(stream: Any) -> None:
+        if mode == "drop":
+            first = True
+            async for event in stream.noack().events():
+                if not first:
+                    await stream.ack(event)
+                first = False
+            return
         async for _value in stream:
             if mode == "raise":
                 raise RuntimeError("boom: the agent failed on purpose")

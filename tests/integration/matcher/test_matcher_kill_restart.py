@@ -6,14 +6,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import psutil
-import pytest
 
 from services.matcher.app import SERVICE
 from shared.events import CostLineMatched, InvoiceCompleted, Resource
 from shared.kafka import group_lag
 from shared.settings import Settings
 from shared.topics import COST_LINES, COST_LINES_MATCHED, INVOICE_COMPLETED, RESOURCES, group_id
-from tests.helpers import ServiceProcess, wait_until
+from tests.helpers import ServiceProcess, read_all, wait_until
 from tests.integration.matcher.matcher_fixtures import (
     end_of,
     events_of,
@@ -45,19 +44,28 @@ def _caught_up(s: Settings, topic: str) -> bool:
     return bool(lags) and all(pl.lag == 0 for pl in lags)
 
 
+def _diagnosis(s: Settings, workers: list[ServiceProcess]) -> str:
+    """What a failed wait needs to be understood: outputs per line, the group's lag, the recovered state."""
+    p = s.kafka_topic_prefix
+    seen = sorted({m.line.line_index for _, m in events_of(s, COST_LINES_MATCHED.name(p))})  # type: ignore[attr-defined]
+    lags = group_lag(s, group_id(s, SERVICE), [COST_LINES.name(p), RESOURCES.name(p)])
+    states = [
+        r.value.decode(errors="replace")[:1500]
+        for r in read_all(s, f"{group_id(s, SERVICE)}-assembly-changelog", committed_only=False)
+        if r.value and INV in (r.key or "")
+    ]
+    codes = [w.proc.poll() if w.proc else None for w in workers]  # all workers append to one log file
+    logs = workers[-1].log()[-6000:]
+    return (
+        f"enriched lines: {seen}\nlag: {[(pl.topic, pl.partition, pl.committed, pl.high, pl.lag) for pl in lags]}\n"
+        f"assembly changelog ({len(states)} values for the invoice), last: {states[-1:]}\nexit codes {codes}; log:\n{logs}"
+    )
+
+
 def _listening(pid: int) -> list:
     return [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known defect (issue 6 left open): on the embedded broker, about 1 run in 7, a faust worker restarted "
-        "after SIGKILL commits the invoice's records but its completion never appears; stalls before that are "
-        "now caught by the liveness probe and restarted. Root cause not yet found (faust commit vs producer "
-        "delivery is the lead)."
-    ),
-)
 def test_sigkill_mid_invoice_then_restart_loses_nothing_and_completes_once(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
@@ -104,10 +112,15 @@ def test_sigkill_mid_invoice_then_restart_loses_nothing_and_completes_once(
         return step
 
     try:
-        wait_until(
-            supervised(lambda: events_of(s, INVOICE_COMPLETED.name(p))), timeout=150, what="completion after restart"
-        )
-        wait_until(supervised(lambda: _caught_up(s, COST_LINES.name(p))), timeout=60, what="restart caught up")
+        try:
+            wait_until(
+                supervised(lambda: events_of(s, INVOICE_COMPLETED.name(p))),
+                timeout=150,
+                what="completion after restart",
+            )
+            wait_until(supervised(lambda: _caught_up(s, COST_LINES.name(p))), timeout=60, what="restart caught up")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{_diagnosis(s, [first, *workers])}") from e
     finally:
         code = workers[-1].stop(timeout=30)
     assert code == 0, workers[-1].log()[-3000:]

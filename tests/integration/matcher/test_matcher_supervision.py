@@ -1,4 +1,5 @@
-"""faust's weak spots, guarded: a crashed agent ends the process non-zero; a stop that hangs is killed."""
+"""faust's weak spots, guarded: a crashed agent ends the process non-zero; a stop that hangs is killed; a
+record faust skipped is never committed past, and the worker restarts to re-read it."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from pathlib import Path
 
 from services.matcher.main import EXIT_CRASHED, EXIT_STOP_TIMEOUT
 from shared.events import BillingHistoryEntry
-from shared.kafka import EventProducer
+from shared.kafka import EventProducer, group_lag
 from shared.settings import Settings
 from shared.topics import HISTORY
 from tests.helpers import settings_env, wait_until
 
 
-def _publish_one(s: Settings) -> None:
+def _publish_one(s: Settings, n: int = 1) -> None:
     prod = EventProducer(s, "test")
-    entry = BillingHistoryEntry(entry_type="Payment", description="p", amount_minor=-1, date="2024-01-01T00:00:00Z")
-    prod.publish(HISTORY.name(s.kafka_topic_prefix), "acct", entry, "acct")
+    for i in range(n):
+        entry = BillingHistoryEntry(
+            entry_type="Payment", description=f"p{i}", amount_minor=-1, date="2024-01-01T00:00:00Z"
+        )
+        prod.publish(HISTORY.name(s.kafka_topic_prefix), "acct", entry, "acct")
     prod.flush()
 
 
@@ -60,3 +64,22 @@ def test_a_stop_that_hangs_is_killed_after_the_timeout(kafka_settings: Settings,
             proc.kill()
     assert code == EXIT_STOP_TIMEOUT, log.read_text(errors="replace")
     assert took < 15
+
+
+def test_a_record_skipped_by_faust_holds_the_commit_and_ends_the_worker(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    s = kafka_settings
+    _publish_one(s, 3)
+    log = tmp_path / "faulty.log"
+    proc = _start(s, "drop", log)
+    try:
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert code == EXIT_CRASHED, text
+    assert "offset 0 was fetched but never processed while 2 later record(s) were" in text
+    lags = group_lag(s, f"{s.kafka_topic_prefix}faulty-drop", [HISTORY.name(s.kafka_topic_prefix)])
+    assert sum(pl.lag for pl in lags) == 3, lags  # nothing committed past the skipped record: a restart re-reads it

@@ -3,8 +3,11 @@
 import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
+from typing import Any, ClassVar
 
 from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP
 from intervaltree import IntervalTree
 
 from services.matcher import faust_patches
@@ -44,3 +47,132 @@ def test_patch_is_idempotent() -> None:
     patched = Consumer._add_gap
     faust_patches.apply()
     assert Consumer._add_gap is patched
+
+
+class _SlowSender(ProducerBuffer):
+    """A producer buffer whose messages are 'delivered' after a delay longer than faust's 0.1 s flush wait."""
+
+    delay = 0.3
+    fail: frozenset[int] = frozenset()
+    deliveries: ClassVar[set[asyncio.Task]] = set()
+
+    async def _send_pending(self, fut: Any) -> None:
+        async def deliver() -> None:
+            await asyncio.sleep(self.delay)
+            if fut.message in self.fail:
+                fut.set_exception(OSError("broker gone"))
+            else:
+                fut.set_result(fut.message)
+
+        task = asyncio.ensure_future(deliver())
+        self.deliveries.add(task)
+        task.add_done_callback(self.deliveries.discard)
+
+
+def _buffer() -> _SlowSender:
+    buf = _SlowSender()
+    buf.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    return buf
+
+
+def _future(n: int) -> Any:
+    fut = asyncio.get_running_loop().create_future()
+    fut.message = n
+    return fut
+
+
+def test_flush_waits_until_every_buffered_message_is_delivered() -> None:
+    faust_patches.apply()
+
+    async def scenario() -> list[bool]:
+        buf = _buffer()
+        await buf.start()
+        try:
+            futs = [_future(n) for n in range(5)]
+            for f in futs:
+                buf.put(f)
+            await buf.flush()  # the commit's flush: nothing it returns before may be undelivered
+            return [f.done() and not f.exception() for f in futs]
+        finally:
+            await buf.stop()
+
+    assert asyncio.run(scenario()) == [True] * 5
+
+
+def test_flush_fails_when_a_buffered_message_was_not_delivered() -> None:
+    faust_patches.apply()
+
+    async def scenario() -> tuple[str, None]:
+        buf = _buffer()
+        buf.fail = frozenset({1})
+        await buf.start()
+        try:
+            for n in range(3):
+                buf.put(_future(n))
+            try:
+                await buf.flush()
+            except faust_patches.ChangelogNotDelivered as e:
+                error = str(e)
+            else:
+                error = ""
+            buf.put(_future(3))
+            return error, await buf.flush()  # reported once: the next flush is clean
+        finally:
+            await buf.stop()
+
+    error, second = asyncio.run(scenario())
+    assert "1 buffered message(s) not delivered" in error and "broker gone" in error
+    assert second is None
+
+
+def test_flush_does_not_wait_while_stopping() -> None:
+    faust_patches.apply()
+
+    async def scenario() -> bool:
+        buf = _buffer()
+        buf.delay = 3600  # never delivered
+        await buf.start()
+        buf.put(_future(0))
+        await asyncio.sleep(0.05)  # handed to the 'client'
+        buf._stopped.set()  # what Service.stop sets before on_stop flushes
+        await asyncio.wait_for(buf.flush(), timeout=2)
+        return True
+
+    assert asyncio.run(scenario())
+
+
+def _fetch_and_ack(state: SimpleNamespace, tp: Any, fetched: list[int], acked: list[int], committed: int) -> None:
+    state._committed_offset[tp] = committed
+    faust_patches.fetched(state).setdefault(tp, set()).update(fetched)
+    for off in acked:
+        state._acked[tp].append(off)
+        state._acked_index[tp].add(off)
+
+
+def test_a_record_fetched_and_skipped_holds_the_commit_and_is_reported() -> None:
+    faust_patches.apply()
+    state, tp = _consumer_state(), TP("billing.cost-lines.v1", 0)
+    # Traced on the embedded broker: 20-22 processed, 23 fetched and dropped, 24-40 processed.
+    _fetch_and_ack(state, tp, list(range(20, 41)), [20, 21, 22, *range(24, 41)], committed=20)
+    assert Consumer._new_offset(state, tp) == 23  # unpatched faust: 23, then 41 on the next commit
+    reason = faust_patches.dropped_record(state)
+    assert reason is not None and "billing.cost-lines.v1[0] offset 23" in reason and "17 later" in reason
+    state._committed_offset[tp] = 23
+    assert Consumer._new_offset(state, tp) is None  # held at 23 until the record is re-read
+
+
+def test_a_transaction_marker_right_after_the_committed_offset_is_still_crossed() -> None:
+    faust_patches.apply()
+    state, tp = _consumer_state(), TP("billing.cost-lines.v1", 0)
+    _fetch_and_ack(state, tp, [24, 25, 26], [24, 25, 26], committed=23)  # offset 23: a marker, never fetched
+    assert Consumer._new_offset(state, tp) == 27
+    assert faust_patches.dropped_record(state) is None
+
+
+def test_a_record_still_in_flight_is_not_a_drop() -> None:
+    faust_patches.apply()
+    state, tp = _consumer_state(), TP("billing.cost-lines.v1", 0)
+    _fetch_and_ack(state, tp, [5, 6, 7], [5, 6], committed=5)  # 7 is being processed
+    assert Consumer._new_offset(state, tp) == 7
+    assert faust_patches.dropped_record(state) is None
+    assert faust_patches.fetched(state)[tp] >= {7}
