@@ -79,7 +79,9 @@ def wait_for_april(stack: Stack, client: DemoClient, console: Console, timeout: 
             # Done when April is in finance and every discovered invoice has been pushed too.
             if april and april["status"] == "pushed" and counts["pushed"] == counts["discovered"]:
                 return april
-            dead = [c for c in stack.dead()]
+            for event in stack.keep_alive():
+                console.print(f"[yellow]{event}[/yellow]")
+            dead = stack.dead()
             if dead:
                 console.print(f"[red]{dead[0].name} exited[/red]:\n{dead[0].tail()}")
                 return None

@@ -165,11 +165,14 @@ def _watch(stack) -> None:
     reported: set[str] = set()
     try:
         while True:
+            for event in stack.keep_alive():
+                console.print(f"[yellow]{event}[/yellow]")
             for child in stack.dead():
                 if child.name not in reported:
                     reported.add(child.name)
                     console.print(
-                        f"[red]{child.name} exited ({child.proc.returncode})[/red]; last log lines:\n{child.tail()}"
+                        f"[red]{child.name} exited ({child.proc.returncode}) and is not restarted"
+                        f"[/red]; last log lines:\n{child.tail()}"
                     )
             time.sleep(1)
     except KeyboardInterrupt:

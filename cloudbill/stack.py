@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("projector", "ingester", "matcher", "finance-pusher", "api", "poller")
 DEV_DO_TOKEN = "dop_v1_devsimulatortoken"
+# Like compose's restart policy, with a budget: a service that keeps dying is left down and reported.
+RESTARTS_PER_WINDOW = 5
+RESTART_WINDOW_S = 300.0
 
 
 @dataclass
@@ -52,6 +55,8 @@ class Child:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -136,13 +141,41 @@ class Stack:
 
     # ------------------------------------------------------------------------------------ processes
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(name, [sys.executable, "-m", "cloudbill", *args], self.logdir / f"{name}.log")
-        logf = open(child.log_path, "ab")  # noqa: SIM115 - owned by the child
-        child.proc = subprocess.Popen(
-            child.argv, env=env or self.env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        child = Child(name, [sys.executable, "-m", "cloudbill", *args], self.logdir / f"{name}.log", env=env)
+        self._popen(child)
         self.children[name] = child
         return child
+
+    def _popen(self, child: Child) -> None:
+        logf = open(child.log_path, "ab")  # noqa: SIM115 - owned by the child
+        child.proc = subprocess.Popen(
+            child.argv, env=child.env or self.env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def keep_alive(self, now: float | None = None) -> list[str]:
+        """Restart services that exited (the matcher exits 70 on purpose to be restarted), within a budget.
+
+        Returns what happened, for the caller to show. A service over budget stays dead: `dead()` lists it.
+        """
+        now = time.monotonic() if now is None else now
+        events = []
+        for child in self.children.values():
+            if child.name not in SERVICES or child.alive() or child.proc is None:
+                continue
+            code = child.proc.returncode
+            child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+            if len(child.restarts) >= RESTARTS_PER_WINDOW:
+                continue
+            child.restarts.append(now)
+            with child.log_path.open("a") as f:
+                f.write(f"--- cloudbill: {child.name} exited ({code}); restarting ---\n")
+            self._popen(child)
+            n = len(child.restarts)
+            events.append(
+                f"{child.name} exited ({code}); restarted ({n}/{RESTARTS_PER_WINDOW} in {RESTART_WINDOW_S:.0f}s)"
+            )
+            log.warning("%s", events[-1])
+        return events
 
     def start_sims(self) -> None:
         self.spawn(
@@ -205,8 +238,11 @@ class Stack:
         while not inventory_read(settings):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the matcher did not read the inventory within {timeout}s")
+            self.keep_alive()
             if self.children.get("matcher") is not None and not self.children["matcher"].alive():
-                raise RuntimeError(f"the matcher exited:\n{self.children['matcher'].tail()}")
+                raise RuntimeError(
+                    f"the matcher exited and was restarted too often:\n{self.children['matcher'].tail()}"
+                )
             time.sleep(0.5)
 
     def up(self) -> Stack:
