@@ -35,16 +35,21 @@ def _start(s: Settings, mode: str, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def test_a_crashed_agent_ends_the_process_with_a_non_zero_code(kafka_settings: Settings, tmp_path: Path) -> None:
-    _publish_one(kafka_settings)
+def _run_until_exit(s: Settings, mode: str, tmp_path: Path) -> tuple[int, str]:
+    """The faulty worker, left to end by itself: its exit code and its log."""
     log = tmp_path / "faulty.log"
-    proc = _start(kafka_settings, "raise", log)
+    proc = _start(s, mode, log)
     try:
         code = proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    text = log.read_text(errors="replace")
+    return code, log.read_text(errors="replace")
+
+
+def test_a_crashed_agent_ends_the_process_with_a_non_zero_code(kafka_settings: Settings, tmp_path: Path) -> None:
+    _publish_one(kafka_settings)
+    code, text = _run_until_exit(kafka_settings, "raise", tmp_path)
     assert code == EXIT_CRASHED, text
     assert "boom: the agent failed on purpose" in text
 
@@ -71,14 +76,7 @@ def test_a_record_skipped_by_faust_holds_the_commit_and_ends_the_worker(
 ) -> None:
     s = kafka_settings
     _publish_one(s, 3)
-    log = tmp_path / "faulty.log"
-    proc = _start(s, "drop", log)
-    try:
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text(errors="replace")
+    code, text = _run_until_exit(s, "drop", tmp_path)
     assert code == EXIT_CRASHED, text
     assert "offset 0 was fetched but never processed while 2 later record(s) were" in text
     lags = group_lag(s, f"{s.kafka_topic_prefix}faulty-drop", [HISTORY.name(s.kafka_topic_prefix)])
