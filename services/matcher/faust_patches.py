@@ -42,10 +42,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import faust
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 
+PATCHED_FOR = "0.15.3"  # the patches replace private faust code: re-check each one before moving the pin
 _PATCHED = "_cloudbill_patched"
 _DELIVERIES = "_cloudbill_deliveries"
 _FETCHED = "_cloudbill_fetched"
@@ -115,7 +117,12 @@ def unprocessed_floor(consumer: Any, tp: Any) -> int | None:
     return min(pending) if pending else None
 
 
-def apply() -> None:
+def apply(version: str = faust.__version__) -> None:
+    if version != PATCHED_FOR:
+        raise RuntimeError(
+            f"faust-streaming {version} is installed but services/matcher/faust_patches.py was written for "
+            f"{PATCHED_FOR}: re-check every patch against the new version (pyproject.toml pins it)"
+        )
     if getattr(Consumer, _PATCHED, False):
         return
     original_add_gap = Consumer._add_gap

@@ -5,6 +5,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import pytest
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
@@ -176,3 +177,8 @@ def test_a_record_still_in_flight_is_not_a_drop() -> None:
     assert Consumer._new_offset(state, tp) == 7
     assert faust_patches.dropped_record(state) is None
     assert faust_patches.fetched(state)[tp] >= {7}
+
+
+def test_another_faust_version_is_refused_until_the_patches_are_rechecked() -> None:
+    with pytest.raises(RuntimeError, match=r"written for 0\.15\.3: re-check every patch"):
+        faust_patches.apply("0.16.0")
