@@ -174,7 +174,6 @@ class Stack:
             events.append(
                 f"{child.name} exited ({code}); restarted ({n}/{RESTARTS_PER_WINDOW} in {RESTART_WINDOW_S:.0f}s)"
             )
-            log.warning("%s", events[-1])
         return events
 
     def start_sims(self) -> None:
