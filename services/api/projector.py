@@ -121,7 +121,10 @@ class Projector:
         self.dlq.flush()
 
     def close(self) -> None:
-        self._drop_connection()
+        try:
+            self.dlq.close()
+        finally:
+            self._drop_connection()
 
 
 def build(

@@ -72,5 +72,7 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
             log.info("finance pusher pushing to %s as tenant %s", settings.skyai_finance_url, handler.tenant_id)
             loop.run()
     finally:
-        producer.flush()
-        pool.close()
+        try:
+            producer.close()
+        finally:
+            pool.close()

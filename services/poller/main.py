@@ -48,7 +48,7 @@ def build(
 
     def close() -> None:
         try:
-            producer.flush(10)
+            producer.close(10)
         finally:
             pool.close()
 

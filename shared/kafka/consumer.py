@@ -201,7 +201,7 @@ class ConsumerLoop:
             self._commit_processed()
         finally:
             self.consumer.close()
-            self.dlq.flush()
+            self.dlq.close()
             log.info(
                 "%s stopped after %d record(s), %d dead-lettered", self.service, self.processed, self.dead_lettered
             )

@@ -23,6 +23,7 @@ class EventProducer:
     def __init__(self, settings: Settings, client_id: str, *, config: dict | None = None) -> None:
         self._producer = Producer(producer_config(settings, client_id) | (config or {}))
         self._errors: list[KafkaError] = []
+        self._closed = False
         self.sent = 0
 
     def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
@@ -62,6 +63,19 @@ class EventProducer:
             raise DeliveryError(
                 KafkaError(KafkaError._TIMED_OUT, f"{remaining} message(s) not delivered in {timeout}s")
             )
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued, then release the client (its connections and threads) now, not at GC.
+
+        A delivery failure still raises (from flush); the client is released either way. Idempotent.
+        """
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            self._producer.close()
 
     @property
     def raw(self) -> Producer:

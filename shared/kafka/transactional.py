@@ -73,6 +73,7 @@ class TransactionalProcessor:
                 self._process(Record.from_message(msg))
         finally:
             self.consumer.close()
+            self.producer.close()
 
     def _process(self, rec: Record) -> None:
         attempt = 0

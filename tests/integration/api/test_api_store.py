@@ -164,12 +164,16 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_written(databa
     class FakeDlq:
         def __init__(self) -> None:
             self.out: list[Any] = []
+            self.closed = False
 
         def produce(self, out: Any) -> None:
             self.out.append(out)
 
         def flush(self) -> None:
             pass
+
+        def close(self) -> None:
+            self.closed = True
 
     dlq = FakeDlq()
     settings = Settings(_env_file=None, database_url=database_url, kafka_topic_prefix=P)
@@ -180,6 +184,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_written(databa
         projector.handle(Record(INVOICE_DISCOVERED.name(P), 1, i, data.invoice_uuid, encode(data, f.ACCOUNT)))
     projector.flush()
     projector.close()
+    assert dlq.closed
     assert [o.topic for o in dlq.out] == [INVOICE_DISCOVERED.dlq(P)]
     assert dlq.out[0].headers["dlq.source.offset"] == "1"
     with connect(database_url) as c:

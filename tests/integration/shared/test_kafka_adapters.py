@@ -198,3 +198,21 @@ def test_record_with_no_outputs_still_commits_its_offset(kafka_settings: Setting
     done = _run_transactional(s, group, src, 4, lambda rec: [])
     assert len(done) == 4
     assert sum(_committed(s, group, src).values()) == 4
+
+
+def test_producer_close_delivers_what_is_queued_and_releases_the_client(kafka_settings: Settings) -> None:
+    s = kafka_settings
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    before = len(read_all(s, topic))
+    prod = EventProducer(s, "test-close")
+    for i in range(5):
+        prod.publish(topic, "acct-close", _entry(i), "acct-close")
+    prod.close()  # no flush first: close delivers
+    prod.close()  # idempotent (owners close in `finally` blocks)
+    assert len(read_all(s, topic)) == before + 5
+    try:
+        prod.publish(topic, "acct-close", _entry(9), "acct-close")
+    except RuntimeError as e:
+        assert "closed" in str(e)
+    else:
+        raise AssertionError("a closed producer must refuse to produce")
