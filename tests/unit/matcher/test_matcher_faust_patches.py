@@ -182,3 +182,19 @@ def test_a_record_still_in_flight_is_not_a_drop() -> None:
 def test_another_faust_version_is_refused_until_the_patches_are_rechecked() -> None:
     with pytest.raises(RuntimeError, match=r"written for 0\.15\.3: re-check every patch"):
         faust_patches.apply("0.16.0")
+
+
+def test_the_matcher_consumer_reads_committed_records_only() -> None:
+    from services.matcher.app import InventoryGate, MatcherOptions, create_app
+    from shared.settings import Settings
+
+    async def build() -> tuple[str, bool]:
+        s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
+        app = create_app(s, MatcherOptions(_env_file=None), InventoryGate({}, 0))
+        client = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return client._isolation_level, app.consumer.in_transaction
+        finally:
+            await client.stop()
+
+    assert asyncio.run(build()) == ("read_committed", False)  # and faust's transaction manager stays off
