@@ -47,13 +47,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import faust
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
+
+T = TypeVar("T")
 
 PATCHED_FOR = "0.15.3"  # the patches replace private faust code: re-check each one before moving the pin
 _PATCHED = "_cloudbill_patched"
@@ -92,19 +95,20 @@ class Deliveries:
             raise ChangelogNotDelivered(f"{len(failed)} buffered message(s) not delivered: {failed[0]!r}")
 
 
+def _attached(obj: Any, key: str, make: Callable[[], T]) -> T:
+    """State this module keeps on a faust object, created on first use."""
+    if key not in obj.__dict__:
+        obj.__dict__[key] = make()
+    return obj.__dict__[key]
+
+
 def deliveries(buffer: Any) -> Deliveries:
-    tracked = buffer.__dict__.get(_DELIVERIES)
-    if tracked is None:
-        tracked = buffer.__dict__[_DELIVERIES] = Deliveries()
-    return tracked
+    return _attached(buffer, _DELIVERIES, Deliveries)
 
 
 def fetched(consumer: Any) -> dict[Any, set[int]]:
     """Per partition: offsets handed to the agents and not yet known to be committed."""
-    tracked = consumer.__dict__.get(_FETCHED)
-    if tracked is None:
-        tracked = consumer.__dict__[_FETCHED] = {}
-    return tracked
+    return _attached(consumer, _FETCHED, dict)
 
 
 def dropped_record(consumer: Any) -> str | None:
@@ -169,8 +173,8 @@ def apply(version: str = faust.__version__) -> None:
     def _new_offset(self: Any, tp: Any) -> int | None:
         floor = unprocessed_floor(self, tp)
         acked = self._acked[tp]
-        beyond = [o for o in acked if floor is not None and o >= floor]
-        if not beyond:
+        beyond = [] if floor is None else [o for o in acked if o >= floor]
+        if floor is None or not beyond:
             return original_new_offset(self, tp)
         if _DROPPED not in self.__dict__:
             self.__dict__[_DROPPED] = (
