@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-unit test-scale lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +14,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# make demo KAFKA=apache: the demo on Apache Kafka (Java 17+ and Maven) instead of the embedded broker.
 demo: $(STAMP)
-	$(BIN)/cloudbill demo
+	$(BIN)/cloudbill demo $(if $(KAFKA),--kafka $(KAFKA))
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# The full-size variants of the scale tests (e.g. 50 invoices x 500 lines and a 20,000-line invoice, both brokers).
+test-scale: $(STAMP)
+	$(BIN)/pytest -m scale $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,5 +38,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+chaos: $(STAMP)
+	$(BIN)/cloudbill chaos --seed $(or $(SEED),1) --out .cloudbill/chaos-$(or $(SEED),1).json $(CHAOS_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

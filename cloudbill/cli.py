@@ -1,20 +1,36 @@
-"""The `cloudbill` command: thin entrypoints only; behaviour lives in services/, sims/ and shared/."""
+"""The `cloudbill` command: thin entrypoints only; behaviour lives in services/, sims/ and shared/.
+
+Two things hold for every command: a running dev stack's settings are used when one runs beside it
+(cloudbill/devenv.py, said in one line on stderr), and a user error (invalid configuration, a bad scenario
+folder, a port in use...) is one line naming what is wrong and where, not a traceback. Anything else is a
+bug: its traceback is printed, scrubbed of secrets like every log line.
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
+import sys
+import traceback
 from enum import StrEnum
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from shared import logging as cblog
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, describe_validation_error, get_settings, use_env_files
 
-app = typer.Typer(help="cloudbill: cloud billing pipeline on Kafka.", no_args_is_help=True, add_completion=False)
+# No rich tracebacks: they print local variables (settings, tokens) and boxes where one line is wanted.
+app = typer.Typer(
+    help="cloudbill: cloud billing pipeline on Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 topics_app = typer.Typer(help="Kafka topics of the registry.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
@@ -22,12 +38,29 @@ app.add_typer(db_app, name="db")
 
 console = Console()
 
+# Commands that start a dev stack themselves: they must not read a running one's settings.
+_STACK_COMMANDS = {"dev", "demo", "chaos"}
+
+
+@app.callback()
+def _use_running_dev_stack(ctx: typer.Context) -> None:
+    """cloudbill: cloud billing pipeline on Kafka."""
+    if ctx.invoked_subcommand in _STACK_COMMANDS:
+        return
+    from cloudbill import devenv
+
+    stack = devenv.running(devenv.location())
+    use_env_files([stack.path] if stack is not None else [])
+    if stack is not None:
+        typer.echo(stack.notice(), err=True)
+
 
 class Service(StrEnum):
     poller = "poller"
     ingester = "ingester"
     matcher = "matcher"
     finance_pusher = "finance-pusher"
+    alerter = "alerter"
     projector = "projector"
     api = "api"
 
@@ -38,7 +71,8 @@ SERVICE_ENTRYPOINTS: dict[Service, tuple[str, str]] = {
     Service.ingester: ("services.ingester.main", "run"),
     Service.matcher: ("services.matcher.main", "run"),
     Service.finance_pusher: ("services.finance_pusher.main", "run"),
-    Service.projector: ("services.api.projector", "run"),
+    Service.alerter: ("services.alerter.main", "run"),
+    Service.projector: ("services.projector.main", "run"),
     Service.api: ("services.api.main", "run"),
 }
 
@@ -114,9 +148,42 @@ def _mount(module: str, attr: str, name: str) -> None:
 
 _mount("sims.cli", "app", "sim")
 _mount("services.poller.cli", "app", "poll")
+_mount("cloudbill.invoices", "app", "invoices")
 importlib.import_module("services.api.cli").register(app)
 importlib.import_module("cloudbill.ops").register(app)
+importlib.import_module("cloudbill.dlq").register(app)
+importlib.import_module("cloudbill.finops").register(app)
+importlib.import_module("cloudbill.chaos").register(app)
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message for an error the user can fix (None: a bug, which deserves its traceback)."""
+    from shared.devinfra import InfraError
+    from shared.settings import ConfigError
+    from sims.scenario import ScenarioError
+
+    if isinstance(e, ValidationError) and e.title in ("Settings", "DigitalOceanAccount"):
+        return describe_validation_error(e)
+    if isinstance(e, ConfigError | ScenarioError | InfraError):
+        return str(e)
+    return None
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as e:
+        # A service has set up logging (JSON in production): its last words go through it, one record.
+        logged = bool(logging.getLogger().handlers)
+        message = user_error(e)
+        if message is not None:
+            if logged:
+                logging.getLogger("cloudbill").error("%s", message)
+            else:
+                typer.echo(f"error: {cblog.scrub(message)}", err=True)
+            sys.exit(2)
+        if logged:
+            logging.getLogger("cloudbill").critical("stopped by an unexpected error", exc_info=e)
+        else:
+            typer.echo(cblog.scrub("".join(traceback.format_exception(e))), err=True)
+        sys.exit(1)

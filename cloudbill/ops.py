@@ -4,15 +4,31 @@ shared.kafka.admin (rewinding groups, fetch-side lag) and the read models."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
+if TYPE_CHECKING:
+    from cloudbill.devenv import DevEnvFile
+    from cloudbill.stack import Stack, StackConfig
+
 console = Console()
+
+
+class KafkaChoice(StrEnum):
+    embedded = "embedded"
+    apache = "apache"
+
+
+KAFKA_HELP = (
+    "Broker to start: `embedded` (no Java needed) or `apache` (Apache Kafka from its Maven Central jars: "
+    "Java 17+ and Maven, jars cached in ~/.cache/cloudbill)."
+)
 
 
 class ReplayStage(StrEnum):
@@ -82,68 +98,138 @@ def status(
         render(report, console)
 
 
-def dev_up(
-    scenario: Annotated[str, typer.Option(help="Built-in scenario name or a scenario folder.")] = "april-2026",
-    do_port: Annotated[int, typer.Option(help="DigitalOcean simulator port.")] = 4020,
-    finance_port: Annotated[int, typer.Option(help="Finance simulator port.")] = 4010,
-    api_port: Annotated[int, typer.Option(help="HTTP API port.")] = 8000,
-    kafka_port: Annotated[int, typer.Option(help="Embedded broker port (0: a free one).")] = 0,
-    workdir: Annotated[Path, typer.Option(help="Logs and data.")] = Path(".cloudbill"),
-) -> None:
-    """Start the whole stack (embedded broker + Postgres, both simulators, six services) until Ctrl-C."""
-    from cloudbill.stack import Stack, StackConfig
+ScenarioOpt = Annotated[
+    str,
+    typer.Option(envvar="CLOUDBILL_SCENARIO", help="Built-in scenario name (april-2026) or a scenario folder."),
+]
+DoPortOpt = Annotated[int, typer.Option(envvar="CLOUDBILL_DEV_DO_PORT", help="DigitalOcean simulator port.")]
+FinancePortOpt = Annotated[int, typer.Option(envvar="CLOUDBILL_DEV_FINANCE_PORT", help="Finance simulator port.")]
+ApiPortOpt = Annotated[int, typer.Option(envvar="API_PORT", help="HTTP API port.")]
+KafkaPortOpt = Annotated[int, typer.Option(envvar="CLOUDBILL_DEV_KAFKA_PORT", help="Broker port (0: a free one).")]
+KafkaOpt = Annotated[KafkaChoice, typer.Option(envvar="CLOUDBILL_KAFKA", help=KAFKA_HELP)]
+WorkdirOpt = Annotated[
+    Path, typer.Option(envvar="CLOUDBILL_WORKDIR", help="Logs, data and dev.env (the settings for other shells).")
+]
 
-    cfg = StackConfig(
+
+def dev_up(
+    scenario: ScenarioOpt = "april-2026",
+    do_port: DoPortOpt = 4020,
+    finance_port: FinancePortOpt = 4010,
+    api_port: ApiPortOpt = 8000,
+    kafka_port: KafkaPortOpt = 0,
+    kafka: KafkaOpt = KafkaChoice.embedded,
+    workdir: WorkdirOpt = Path(".cloudbill"),
+) -> None:
+    """Start the whole stack (a broker + Postgres, both simulators, seven services) until Ctrl-C or SIGTERM.
+
+    The poller catches up at start (every job runs once, then follows its schedule), so the API shows the
+    invoices within a minute or two. Other `cloudbill` commands in this directory use the stack's settings.
+    Secrets come from API_JWT_SECRET, SKYAI_FINANCE_JWT_SECRET and DIGITALOCEAN_TOKEN when set (else random).
+    """
+    from cloudbill.stack import StackConfig
+
+    cfg = StackConfig.from_environment(
         scenario=scenario,
         workdir=workdir,
         do_port=do_port,
         finance_port=finance_port,
         api_port=api_port,
         kafka_port=kafka_port,
+        kafka_flavor=kafka.value,
+        poller_catch_up=True,
     )
-    with Stack(cfg) as stack:
-        _up(stack)
+
+    def body(stack: Stack) -> None:
         _print_endpoints(stack)
         _watch(stack)
+
+    _run_stack(cfg, body)
 
 
 def demo(
     exit_after: Annotated[bool, typer.Option("--exit", help="Stop after the summary.")] = False,
-    scenario: Annotated[str, typer.Option(help="Built-in scenario name or a scenario folder.")] = "april-2026",
-    do_port: Annotated[int, typer.Option(help="DigitalOcean simulator port.")] = 4020,
-    finance_port: Annotated[int, typer.Option(help="Finance simulator port.")] = 4010,
-    api_port: Annotated[int, typer.Option(help="HTTP API port.")] = 8000,
-    workdir: Annotated[Path, typer.Option(help="Logs and data.")] = Path(".cloudbill"),
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the pipeline.")] = 300,
+    scenario: ScenarioOpt = "april-2026",
+    do_port: DoPortOpt = 4020,
+    finance_port: FinancePortOpt = 4010,
+    api_port: ApiPortOpt = 8000,
+    workdir: WorkdirOpt = Path(".cloudbill"),
+    timeout: Annotated[float, typer.Option(help="Give up when no invoice has moved for this many seconds.")] = 300,
+    kafka: KafkaOpt = KafkaChoice.embedded,
 ) -> None:
-    """The whole pipeline on the april-2026 account: poll, ingest, match, push, then a summary."""
-    from cloudbill.demo import run_demo
-    from cloudbill.stack import Stack, StackConfig
+    """The whole pipeline on a scenario: poll once, then wait until every invoice is pushed, held or
+    dead-lettered, and print a summary.
 
-    cfg = StackConfig(scenario=scenario, workdir=workdir, do_port=do_port, finance_port=finance_port, api_port=api_port)
-    with Stack(cfg) as stack:
-        _up(stack)
-        ok = run_demo(stack, console, timeout=timeout)
+    Secrets come from API_JWT_SECRET, SKYAI_FINANCE_JWT_SECRET and DIGITALOCEAN_TOKEN when set (else random).
+    """
+    from cloudbill.demo import run_demo
+    from cloudbill.stack import StackConfig
+
+    cfg = StackConfig.from_environment(
+        scenario=scenario,
+        workdir=workdir,
+        do_port=do_port,
+        finance_port=finance_port,
+        api_port=api_port,
+        kafka_flavor=kafka.value,
+    )
+
+    def body(stack: Stack) -> None:
+        ok = run_demo(stack, console, idle_timeout=timeout)
         _print_endpoints(stack)
         if not ok:
             raise typer.Exit(1)
         if not exit_after:
             _watch(stack)
 
+    _run_stack(cfg, body)
 
-def _up(stack) -> None:
-    with console.status("starting embedded Kafka and PostgreSQL..."):
+
+def _run_stack(cfg: StackConfig, body: Callable[[Stack], None]) -> None:
+    """Check, start, write dev.env, run `body`, and stop everything on every way out (see cloudbill/stack.py)."""
+    from cloudbill.devenv import DevEnvFile
+    from cloudbill.stack import Stack, Terminated
+
+    cfg.check()
+    interrupted: KeyboardInterrupt | None = None
+    with DevEnvFile(cfg.workdir / "dev.env") as env_file, Stack(cfg) as stack:
+        try:
+            _up(stack, env_file)
+            body(stack)
+        except KeyboardInterrupt as e:
+            interrupted = e
+            why = f"{e.args[0]} received" if isinstance(e, Terminated) and e.args else "interrupted"
+            console.print(f"{why}: stopping everything...")
+    if interrupted is not None:
+        console.print("stopped.")
+        raise typer.Exit(143 if isinstance(interrupted, Terminated) else 130)
+
+
+def _up(stack: Stack, env_file: DevEnvFile) -> None:
+    what = (
+        "Apache Kafka (first run: Maven resolves its jars)"
+        if stack.cfg.kafka_flavor == "apache"
+        else "the embedded broker"
+    )
+    with console.status(f"starting {what} and PostgreSQL..."):
         stack.start_infra()
+        env_file.write(stack.connection_env())
         stack.prepare()
-    console.print(f"broker [bold]{stack.bootstrap}[/bold], database ready")
+    broker = stack.kafka.description if stack.kafka else stack.cfg.kafka_flavor
+    console.print(f"broker [bold]{stack.bootstrap}[/bold] ({broker}), database ready")
     with console.status("starting simulators and services..."):
         if stack.cfg.start_sims:
             stack.start_sims()
         stack.start_services()
     console.print(f"started: {', '.join(stack.children)} (logs in {stack.logdir})")
+    other_shells = "" if env_file.path == Path(".cloudbill") / "dev.env" else f"CLOUDBILL_DEV_ENV={env_file.path} "
+    console.print(
+        f"settings for other shells: {env_file.path} (mode 0600); in this directory `{other_shells}cloudbill "
+        "token`, `status`, `poll`, `config`... use them"
+    )
 
 
-def _print_endpoints(stack) -> None:
+def _print_endpoints(stack: Stack) -> None:
     from shared.auth import mint
 
     token = mint(
@@ -155,28 +241,25 @@ def _print_endpoints(stack) -> None:
     )
     api = f"http://127.0.0.1:{stack.cfg.api_port}"
     console.print(f"\nAPI  {api}/docs   (finance simulator http://127.0.0.1:{stack.cfg.finance_port}/api/v1/invoices)")
-    console.print("token (12 h, platform_admin):")
+    console.print("token (12 h, platform_admin; or run `cloudbill token` in another shell here):")
     typer.echo(token)  # unwrapped, so it can be copied
     console.print(f'try: curl -H "Authorization: Bearer $TOKEN" {api}/api/v1/billing/invoices\n')
 
 
-def _watch(stack) -> None:
-    console.print("running; Ctrl-C stops everything.")
+def _watch(stack: Stack) -> None:
+    console.print("running; Ctrl-C (or SIGTERM) stops everything.")
     reported: set[str] = set()
-    try:
-        while True:
-            for event in stack.keep_alive():
-                console.print(f"[yellow]{event}[/yellow]")
-            for child in stack.dead():
-                if child.name not in reported:
-                    reported.add(child.name)
-                    console.print(
-                        f"[red]{child.name} exited ({child.proc.returncode}) and is not restarted"
-                        f"[/red]; last log lines:\n{child.tail()}"
-                    )
-            time.sleep(1)
-    except KeyboardInterrupt:
-        console.print("stopping...")
+    while True:
+        for event in stack.keep_alive():
+            console.print(f"[yellow]{event}[/yellow]")
+        for child in stack.dead():
+            if child.name not in reported:
+                reported.add(child.name)
+                code = child.proc.returncode if child.proc else "?"
+                console.print(
+                    f"[red]{child.name} exited ({code}) and is not restarted[/red]; last log lines:\n{child.tail()}"
+                )
+        time.sleep(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,9 +11,10 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from shared.settings import Settings
@@ -21,6 +22,10 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The connections of this project return rows as dicts (row_factory=dict_row); these name that for the type checker.
+DictConnection: TypeAlias = "psycopg.Connection[DictRow]"
+DictPool: TypeAlias = "ConnectionPool[psycopg.Connection[DictRow]]"
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,11 @@ class MigrationSet:
 MIGRATION_SETS: tuple[MigrationSet, ...] = (
     MigrationSet("ingester", ROOT / "services" / "ingester" / "migrations"),
     MigrationSet("finance_pusher", ROOT / "services" / "finance_pusher" / "migrations"),
-    MigrationSet("readmodel", ROOT / "services" / "api" / "migrations"),
+    MigrationSet("readmodel", ROOT / "services" / "projector" / "migrations"),
     MigrationSet("poller", ROOT / "services" / "poller" / "migrations"),
+    MigrationSet("alerter", ROOT / "services" / "alerter" / "migrations"),
     MigrationSet("finance_sim", ROOT / "sims" / "finance" / "migrations"),
+    MigrationSet("ops", ROOT / "cloudbill" / "migrations"),
 )
 
 
@@ -45,8 +52,8 @@ def database_url(settings: Settings) -> str:
     return settings.database_url
 
 
-def make_pool(settings: Settings, *, min_size: int = 1, name: str = "cloudbill") -> ConnectionPool:
-    pool = ConnectionPool(
+def make_pool(settings: Settings, *, min_size: int = 1, name: str = "cloudbill") -> DictPool:
+    pool: DictPool = ConnectionPool(
         database_url(settings),
         min_size=min_size,
         max_size=settings.database_pool_max,
@@ -58,12 +65,12 @@ def make_pool(settings: Settings, *, min_size: int = 1, name: str = "cloudbill")
     return pool
 
 
-def connect(settings_or_url: Settings | str, **kw) -> psycopg.Connection:
+def connect(settings_or_url: Settings | str, **kw: Any) -> DictConnection:
     url = settings_or_url if isinstance(settings_or_url, str) else database_url(settings_or_url)
     return psycopg.connect(url, row_factory=dict_row, **kw)
 
 
-def migrate_schema(conn: psycopg.Connection, ms: MigrationSet) -> list[str]:
+def migrate_schema(conn: DictConnection, ms: MigrationSet) -> list[str]:
     """Apply the missing migrations of one schema. Returns the names applied now."""
     files = sorted(ms.folder.glob("*.sql")) if ms.folder.is_dir() else []
     applied_now: list[str] = []

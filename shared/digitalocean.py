@@ -3,11 +3,21 @@
 Why it looks like this:
 - Every listing walks all pages by following `links.pages.next` until it is absent (a missing `links` or
   `meta` is tolerated). A `next` link that points at another host is re-based on our base URL, so the
-  bearer token is only ever sent to the configured API.
-- 429 is retried honouring `retry-after` (seconds) or else `ratelimit-reset` (epoch seconds); 5xx,
-  timeouts and connection errors are retried with capped exponential backoff and jitter. After the last
+  bearer token is only ever sent to the configured API. A listing that ends while its `meta.total` says
+  there is more is *incomplete* (`DigitalOceanIncompleteListing`, transient): a caller never takes it for
+  the whole list (the poller would tombstone every resource it missed).
+- Transient answers (`shared.retry`: 408, 409, 425, 429, 5xx, timeouts, connection errors, a body that does
+  not decode) are retried: the wait is the larger of `retry-after` (seconds or a date) / `ratelimit-reset`
+  (epoch seconds) and a capped exponential backoff with jitter, never below a floor, so `retry-after: 0`
+  is not a busy loop. Every request has a total budget (`retry_budget_s`): a retry that would end past it
+  is not taken, so a Kafka consumer calling this stays well inside `max.poll.interval.ms`. After the last
   try `DigitalOceanUnavailable` names the call (method and path). 401/403 fail at once
-  (`DigitalOceanAuthError`): retrying a bad token only burns the rate limit.
+  (`DigitalOceanAuthError`): retrying a bad token only burns the rate limit. Other 4xx are permanent.
+- Waits are interruptible: `interruptible_sleep(stop)` ends a wait at once on SIGTERM and raises
+  `DigitalOceanInterrupted` (a `DigitalOceanUnavailable`: the work is retried later, never dead-lettered).
+- Money is read exactly: JSON bodies are decoded with `shared.money.loads_exact` (a JSON number becomes a
+  Decimal, never a float), and the invoice CSV is returned as its raw bytes: decoding (strict UTF-8) and
+  hashing are the parser's job, never httpx's guess with replacement characters.
 - The token never reaches a log line or an exception text: it lives in a `SecretStr`, is added per
   request by an `httpx.Auth`, error texts are scrubbed, and httpx/httpcore logging stays at WARNING.
 - `sleep`, `clock` and `rng` are injectable so tests assert the waits without sleeping.
@@ -18,17 +28,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from pydantic import SecretStr
 
 from shared.logging import scrub
 from shared.metrics import HTTP_CALLS, HTTP_LATENCY
+from shared.money import MoneyError, loads_exact, money_from_json
+from shared.retry import MIN_WAIT_S, backoff_s, http_class
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +75,31 @@ class DigitalOceanNotFound(DigitalOceanError):
 
 
 class DigitalOceanUnavailable(DigitalOceanError):
-    """Retries exhausted on 429, 5xx, timeouts or connection errors."""
+    """Transient: retries exhausted (429, 5xx, timeouts, undecodable bodies...). Try again later."""
+
+
+class DigitalOceanIncompleteListing(DigitalOceanUnavailable):
+    """A listing ended (no `next` link) with fewer items than its `meta.total`: never trust it as the whole list."""
+
+
+class DigitalOceanInterrupted(DigitalOceanUnavailable):
+    """A retry wait was cut short because the service is stopping: the work is redone later."""
+
+
+class Stoppable(Protocol):
+    def wait(self, seconds: float) -> bool: ...
+
+
+def interruptible_sleep(stop: Stoppable | None) -> Callable[[float], None]:
+    """A retry wait that a stop (SIGTERM) ends at once, raising DigitalOceanInterrupted."""
+    if stop is None:
+        return time.sleep
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise DigitalOceanInterrupted("retry wait", "stopping: request abandoned during a retry wait")
+
+    return sleep
 
 
 @dataclass(frozen=True)
@@ -71,11 +107,14 @@ class ResourceEndpoint:
     path: str
     key: str
     paginated: bool = True
+    params: tuple[tuple[str, str], ...] = ()  # fixed query parameters (GPU droplets: type=gpus)
 
 
 # Resource kinds (the project's shared vocabulary) → listing endpoint and top-level JSON key.
 RESOURCE_ENDPOINTS: dict[str, ResourceEndpoint] = {
     "droplet": ResourceEndpoint("/v2/droplets", "droplets"),
+    # GPU droplets are listed only with type=gpus (a plain listing leaves them out).
+    "gpu_droplet": ResourceEndpoint("/v2/droplets", "droplets", params=(("type", "gpus"),)),
     "volume": ResourceEndpoint("/v2/volumes", "volumes"),
     "database": ResourceEndpoint("/v2/databases", "databases", paginated=False),
     "load_balancer": ResourceEndpoint("/v2/load_balancers", "load_balancers"),
@@ -88,7 +127,19 @@ RESOURCE_ENDPOINTS: dict[str, ResourceEndpoint] = {
 }
 RESOURCE_KINDS: tuple[str, ...] = tuple(RESOURCE_ENDPOINTS)
 
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Billing-history entry types, as DigitalOcean spells them.
+HISTORY_TYPES: tuple[str, ...] = (
+    "ACHFailure",
+    "Adjustment",
+    "AttemptFailed",
+    "Chargeback",
+    "Credit",
+    "CreditExpiration",
+    "Invoice",
+    "Payment",
+    "Refund",
+    "Reversal",
+)
 
 
 class _BearerAuth(httpx.Auth):
@@ -120,6 +171,8 @@ class DigitalOceanClient:
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 30.0,
         max_wait_s: float = 60.0,
+        min_wait_s: float = MIN_WAIT_S,
+        retry_budget_s: float | None = None,
         service: str = "cloudbill",
     ) -> None:
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
@@ -131,6 +184,10 @@ class DigitalOceanClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.max_wait_s = max_wait_s
+        self.min_wait_s = min_wait_s
+        # One request's attempts and waits together never take longer than this (None: only max_retries).
+        self.retry_budget_s = retry_budget_s
+        self._timeout_s = timeout_s
         self._service = service
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         self._http = httpx.Client(
@@ -173,14 +230,14 @@ class DigitalOceanClient:
     def invoice_summary(self, invoice_uuid: str) -> dict[str, Any]:
         return self._get_json(f"/v2/customers/my/invoices/{_segment(invoice_uuid)}/summary")
 
-    def invoice_csv(self, invoice_uuid: str) -> str:
-        """The invoice CSV exactly as served (`text/csv`): decoded to text, never JSON-parsed."""
+    def invoice_csv(self, invoice_uuid: str) -> bytes:
+        """The invoice CSV exactly as served (`text/csv`): the raw bytes, never decoded or JSON-parsed here."""
         path = f"/v2/customers/my/invoices/{_segment(invoice_uuid)}/csv"
         resp = self._request("GET", path, accept="text/csv")
         ctype = resp.headers.get("content-type", "")
         if "json" in ctype.lower():
             log.warning("DigitalOcean GET %s answered content type %r for a CSV", path, ctype)
-        return resp.text
+        return resp.content
 
     # ---------------------------------------------------------------------------------- resources
     def list_resources(self, kind: str) -> Iterator[dict[str, Any]]:
@@ -190,7 +247,7 @@ class DigitalOceanClient:
         except KeyError:
             raise ValueError(f"unknown resource kind {kind!r}; known: {', '.join(RESOURCE_KINDS)}") from None
         if ep.paginated:
-            return self._paginate(ep.path, ep.key)
+            return self._paginate(ep.path, ep.key, dict(ep.params))
         return iter(self._unpaginated(ep, kind))
 
     def _unpaginated(self, ep: ResourceEndpoint, kind: str) -> list[dict[str, Any]]:
@@ -209,18 +266,37 @@ class DigitalOceanClient:
 
     # ---------------------------------------------------------------------------------- plumbing
     def _get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        resp = self._request("GET", path, params=params)
-        return _json_object(resp, f"GET {path}")
+        return self._request_json(path, params=params)
 
-    def _paginate(self, path: str, key: str) -> Iterator[dict[str, Any]]:
-        """Follow `links.pages.next` until absent; without `links`, fall back on `meta.total` page numbers."""
+    def _request_json(
+        self, url: str | httpx.URL, *, params: dict[str, Any] | None = None, call: str | None = None
+    ) -> dict[str, Any]:
+        """GET a JSON object; a 2xx whose body is not one (cut short, an HTML page) is retried like a 5xx."""
+        body: list[dict[str, Any]] = []
+
+        def decode(resp: httpx.Response) -> bool:
+            try:
+                value = loads_exact(resp.content)
+            except ValueError:
+                return False
+            if isinstance(value, dict):
+                body.append(value)
+                return True
+            return False
+
+        self._request("GET", url, params=params, call=call, accept_body=decode)
+        return body[-1]
+
+    def _paginate(self, path: str, key: str, fixed: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """Follow `links.pages.next` until absent; without `links`, fall back on `meta.total` page numbers.
+
+        `fixed` query parameters go with every page number request (a `next` link carries its own query)."""
         call = f"GET {path}"
         url: str | httpx.URL = path
-        params: dict[str, Any] | None = {"page": 1, "per_page": self.per_page}
+        params: dict[str, Any] | None = {**(fixed or {}), "page": 1, "per_page": self.per_page}
         page, seen, received = 1, set(), 0
         while True:
-            resp = self._request("GET", url, params=params, call=call)
-            body = _json_object(resp, call)
+            body = self._request_json(url, params=params, call=call)
             items = body.get(key)
             if items is None:
                 items = []
@@ -241,8 +317,13 @@ class DigitalOceanClient:
             total = _meta_total(body)
             if "links" not in body and total is not None and items and received < total:
                 page += 1
-                url, params = path, {"page": page, "per_page": self.per_page}
+                url, params = path, {**(fixed or {}), "page": page, "per_page": self.per_page}
                 continue
+            if total is not None and received < total:
+                # `links` without `next` (or an empty page) while meta.total says more: the listing is cut.
+                raise DigitalOceanIncompleteListing(
+                    call, f"listing incomplete: {received} of {total} item(s) on {page} page(s), no next page"
+                )
             return
 
     def _rebase(self, link: str) -> httpx.URL:
@@ -261,7 +342,9 @@ class DigitalOceanClient:
         params: dict[str, Any] | None = None,
         accept: str | None = None,
         call: str | None = None,
+        accept_body: Callable[[httpx.Response], bool] | None = None,
     ) -> httpx.Response:
+        """One request with its retries. A 2xx whose body `accept_body` refuses is transient too."""
         call = call or f"{method} {_path_of(url)}"
         if not self._token.get_secret_value().strip():
             raise DigitalOceanAuthError(call, "no DigitalOcean token configured")
@@ -269,6 +352,7 @@ class DigitalOceanClient:
             url = url[1:]  # relative to the base URL (which may carry a path prefix)
         headers = {"Accept": accept} if accept else None
         last = "no attempt"
+        began = self._clock()
         for attempt in range(self.max_retries + 1):
             started = time.monotonic()
             try:
@@ -283,17 +367,30 @@ class DigitalOceanClient:
                 wait = self._backoff(attempt)
             else:
                 self._count(call, str(resp.status_code), started)
-                if resp.status_code < 400:
-                    return resp
-                if resp.status_code in (401, 403):
+                kind = http_class(resp.status_code)
+                if kind == "ok":
+                    if accept_body is None or accept_body(resp):
+                        return resp
+                    last = f"HTTP {resp.status_code} with a body that is not a JSON object"
+                    wait = self._backoff(attempt)
+                elif kind == "auth":
                     raise self._error(DigitalOceanAuthError, call, resp, hint="check the account's token and scope")
-                if resp.status_code == 404:
+                elif resp.status_code == 404:
                     raise self._error(DigitalOceanNotFound, call, resp)
-                if resp.status_code not in _RETRY_STATUSES:
+                elif kind == "permanent":
                     raise self._error(DigitalOceanError, call, resp)
-                last = f"HTTP {resp.status_code}"
-                wait = self._wait_for(resp, attempt)
+                else:
+                    last = f"HTTP {resp.status_code}"
+                    wait = self._wait_for(resp, attempt)
             if attempt < self.max_retries:
+                if self.retry_budget_s is not None:
+                    spent = self._clock() - began
+                    if spent + wait + self._timeout_s > self.retry_budget_s:
+                        raise DigitalOceanUnavailable(
+                            call,
+                            f"gave up after {attempt + 1} attempt(s) in {spent:.1f}s: the next one would end past "
+                            f"the {self.retry_budget_s:g}s budget, last: {last}",
+                        )
                 log.warning(
                     "DigitalOcean %s: %s, retry %d/%d in %.1fs", call, last, attempt + 1, self.max_retries, wait
                 )
@@ -301,21 +398,23 @@ class DigitalOceanClient:
         raise DigitalOceanUnavailable(call, f"gave up after {self.max_retries + 1} attempts, last: {last}")
 
     def _wait_for(self, resp: httpx.Response, attempt: int) -> float:
-        """429 (and 5xx carrying one): `retry-after` seconds, else `ratelimit-reset` epoch; else backoff."""
+        """`retry-after` (seconds or a date), else on a 429 `ratelimit-reset` (epoch): a lower bound on the
+        backoff, never a licence to retry at once (a `0` or a past date is floored)."""
         h = resp.headers  # httpx headers are case-insensitive
-        retry_after = _retry_after_seconds(h.get("retry-after"), self._clock)
-        if retry_after is not None:
-            return min(self.max_wait_s, retry_after)
-        if resp.status_code == 429:
+        hint = _retry_after_seconds(h.get("retry-after"), self._clock)
+        if hint is None and resp.status_code == 429:
             reset = _seconds_or_none(h.get("ratelimit-reset"))
             if reset is not None:
-                return min(self.max_wait_s, max(0.0, reset - self._clock()))
-        return self._backoff(attempt)
+                hint = max(0.0, reset - self._clock())
+        return self._backoff(attempt, hint)
 
-    def _backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with 'equal jitter': half fixed, half random."""
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * (2**attempt))
-        return ceiling / 2 + self._rng() * ceiling / 2
+    def _backoff(self, attempt: int, hint: float | None = None) -> float:
+        """Capped exponential backoff with 'equal jitter' (half fixed, half random); a server's hint (capped at
+        `max_wait_s`) is a lower bound; never below `min_wait_s`."""
+        wait = backoff_s(attempt + 1, base=self.backoff_base_s, cap=self.backoff_cap_s, floor=0.0, rng=self._rng)
+        if hint is not None:
+            wait = max(wait, min(hint, self.max_wait_s))
+        return max(self.min_wait_s, wait)
 
     def _error(
         self, cls: type[DigitalOceanError], call: str, resp: httpx.Response, *, hint: str = ""
@@ -339,6 +438,30 @@ class DigitalOceanClient:
 
 
 # -------------------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class Listed:
+    """One invoice of the /invoices listing: its period and amount (None when unreadable: never guessed)."""
+
+    period: str | None
+    amount_minor: int | None
+
+
+def invoice_listing(invoices: Iterable[Mapping[str, Any]], currency: str = "USD") -> dict[str, Listed]:
+    """invoice uuid → (invoice_period, amount in minor units) from the /invoices listing."""
+    out: dict[str, Listed] = {}
+    for inv in invoices:
+        uuid = inv.get("invoice_uuid")
+        if not isinstance(uuid, str):
+            continue
+        period = inv.get("invoice_period")
+        try:
+            amount: int | None = money_from_json(inv.get("amount"), currency)
+        except MoneyError:
+            amount = None  # the ingester's reconciliation then holds the invoice: no listed amount to agree with
+        out[uuid] = Listed(period if isinstance(period, str) else None, amount)
+    return out
+
+
 def _segment(value: str) -> str:
     """An invoice uuid as one path segment (no traversal, no query injection)."""
     if not value or any(c in value for c in "/?#%\\") or value in (".", ".."):
@@ -348,16 +471,6 @@ def _segment(value: str) -> str:
 
 def _path_of(url: str | httpx.URL) -> str:
     return httpx.URL(str(url)).path if "://" in str(url) else str(url).split("?", 1)[0]
-
-
-def _json_object(resp: httpx.Response, call: str) -> dict[str, Any]:
-    try:
-        body = resp.json()
-    except ValueError:
-        raise DigitalOceanError(call, "answer is not JSON", status=resp.status_code) from None
-    if not isinstance(body, dict):
-        raise DigitalOceanError(call, "answer is not a JSON object", status=resp.status_code)
-    return body
 
 
 def _next_link(body: dict[str, Any]) -> str | None:

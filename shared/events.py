@@ -113,6 +113,27 @@ class InvoiceDiscovered(EventData):
     amount_minor: int
     currency: str = "USD"
     date: datetime
+    listed_amount_minor: int | None = Field(
+        None, description="The amount in DigitalOcean's invoice list (/v2/customers/my/invoices), when listed."
+    )
+
+
+class InvoiceRefetchRequested(EventData):
+    """Fetch an already discovered invoice's CSV again (a held invoice's backoff, or an admin's request).
+
+    Carried on the invoice-discovered topic, keyed by invoice uuid, so it is ordered with the invoice's
+    discoveries; the ingester re-runs the invoice's last discovery.
+    """
+
+    TYPE: ClassVar[str] = "billing.invoice-refetch-requested"
+    invoice_uuid: str
+    requested_by: str
+    reason: str
+    requested_at: datetime
+    attempt: int = Field(0, ge=0, description="The automatic re-fetch's attempt number; 0 for an admin request.")
+
+
+ItemJoin = Literal["exact", "period_relaxed", "identical_rows", "no_item", "items_unavailable", "items_disabled"]
 
 
 class CostLine(EventData):
@@ -134,16 +155,44 @@ class CostLine(EventData):
     category: str = ""
     is_tax: bool
     extra: dict[str, str] = Field(default_factory=dict, description="Unknown CSV columns, kept verbatim.")
+    # From the invoice's items (GET /v2/customers/my/invoices/{uuid}), joined to this CSV row by the ingester
+    # (services/ingester/items.py). All optional: an event written before items were fetched decodes unchanged.
+    resource_uuid: str | None = Field(None, description="The item's resource_uuid, when DigitalOcean gives one.")
+    resource_id: str | None = Field(None, description="The item's resource_id, when DigitalOcean gives one.")
+    duration: str | None = Field(None, description="The item's duration, as DigitalOcean sent it (a string).")
+    duration_unit: str | None = Field(None, description="The item's duration unit (`Hours`).")
+    item_join: ItemJoin | None = Field(
+        None, description="How this row was joined to an item; None: written before items were fetched."
+    )
+    item_note: str = Field("", description="Why the row has no item (items unavailable, no matching item...).")
 
     def identity(self) -> Any:
         return [self.invoice_uuid, self.revision, self.line_index]
 
 
+class ReconciliationCheck(BaseModel):
+    """One piece of evidence: what a DigitalOcean source says against what the CSV's lines add up to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str = Field(description="billing_history, invoice_list, summary_amount, summary_taxes or csv_body.")
+    expected_minor: int | None = Field(None, description="What the source says; None when it said nothing.")
+    actual_minor: int | None = Field(None, description="The CSV's gross (or tax total for summary_taxes).")
+    difference_minor: int | None = Field(None, description="actual - expected (the variance).")
+    ok: bool
+    note: str = ""
+
+
 class Reconciliation(BaseModel):
+    """An invoice revision's completeness evidence (see shared/reconciliation.py). Only `matched` is pushed."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     status: Literal["matched", "mismatch", "unknown"]
     expected_minor: int | None = None
     difference_minor: int | None = None
+    actual_minor: int | None = None
+    tolerance_minor: int = 0
+    checks: tuple[ReconciliationCheck, ...] = ()
+    reason: str = ""
 
 
 class InvoiceEnd(EventData):
@@ -169,7 +218,8 @@ class InvoiceEnd(EventData):
 
 
 class Resource(EventData):
-    """One inventoried resource (compacted topic, key `account:kind:id`; a tombstone when it disappears)."""
+    """One inventoried resource (compacted topic, key `account:kind:id`). When it disappears the poller sends it
+    once more with `exists=False` and its first/last seen times (its history); a tombstone still forgets it."""
 
     TYPE: ClassVar[str] = "cloud.resource"
     kind: str = Field(description="droplet, volume, database, load_balancer, kubernetes_cluster, app, ...")
@@ -177,6 +227,14 @@ class Resource(EventData):
     name: str
     region: str = ""
     attributes: dict[str, Any] = Field(default_factory=dict)
+    # The inventory's history (optional, so older records decode): a resource that disappears is sent once more
+    # with exists=False instead of a tombstone, so the matcher can still attribute its invoice lines.
+    exists: bool = Field(True, description="False: no longer listed by DigitalOcean (kept as history).")
+    first_seen: datetime | None = Field(None, description="The first poll that listed it (history records).")
+    last_seen: datetime | None = Field(None, description="The last poll that listed it (history records).")
+
+
+AttributedBy = Literal["resource_id", "item_resource_id", "name", "name_period_history"]
 
 
 class CostLineMatched(EventData):
@@ -190,9 +248,23 @@ class CostLineMatched(EventData):
     resource_key: str | None = None
     rule: str | None = None
     unmatched_reason: (
-        Literal["tax_line", "no_such_resource", "kind_not_inventoried", "description_not_understood", "unknown_product"]
+        Literal[
+            "tax_line",
+            "no_such_resource",
+            "kind_not_inventoried",
+            "description_not_understood",
+            "unknown_product",
+            "ambiguous_history",
+            "account_level",
+        ]
         | None
     ) = None
+    attributed_by: AttributedBy | None = Field(
+        None, description="Which attribution rule found the resource (services/matcher/matching.py)."
+    )
+    still_exists: bool | None = Field(
+        None, description="The resource is in the current inventory (when matched); None: kind not inventoried."
+    )
 
     def identity(self) -> Any:
         return [
@@ -215,7 +287,7 @@ class InvoiceCompleted(EventData):
     invoice_date: date
     currency: str = "USD"
     line_count: int
-    matched_count: int
+    matched_count: int = Field(description="Lines attributed to a resource that exists now (the seed's figure).")
     amount_net_minor: int
     amount_tax_minor: int
     amount_gross_minor: int
@@ -240,18 +312,63 @@ class InvoicePushed(EventData):
         return [self.invoice_uuid, self.payload_sha256, self.action]
 
 
+class InvoiceReleased(EventData):
+    """An admin accepts a held revision as it is: the finance pusher pushes it despite its reconciliation."""
+
+    TYPE: ClassVar[str] = "billing.invoice-released"
+    invoice_uuid: str
+    revision: int
+    released_by: str
+    reason: str
+    released_at: datetime
+
+
+AlertKind = Literal[
+    "budget_actual", "budget_forecast", "anomaly_daily_spike", "anomaly_new_product", "anomaly_new_resource"
+]
+
+
+class BillingAlert(EventData):
+    """A budget threshold crossed or an anomaly seen, once per (account, kind, subject, threshold, period).
+
+    `alert_id` names that tuple (services/alerter/domain.py); the event's id (derived from it), its key in the read
+    model and the webhook's idempotency id are the same whichever replica raised it and however often it is re-sent.
+    Every field comes from the data that triggered it (never the clock), so a replay raises the same alert."""
+
+    TYPE: ClassVar[str] = "billing.alert"
+    alert_id: str
+    kind: AlertKind
+    period: str = Field(description="The billing month, YYYY-MM-DD (its first day).")
+    subject: str = Field("", description="What the alert is about: a product, a resource, a day; empty for budgets.")
+    threshold_pct: int | None = None
+    currency: str = "USD"
+    budget_minor: int | None = None
+    observed_minor: int = Field(description="MTD usage, forecast, a day's usage, or a new cost (minor units).")
+    reference_minor: int | None = Field(
+        None, description="What it is compared with: the threshold's amount, the baseline day, the invoice net."
+    )
+    detected_at: datetime = Field(description="When the data showed it (the snapshot's or the invoice's time).")
+    message: str
+
+    def identity(self) -> Any:
+        return self.alert_id
+
+
 EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
     (m.TYPE, m.VERSION): m
     for m in (
         Balance,
         BillingHistoryEntry,
         InvoiceDiscovered,
+        InvoiceRefetchRequested,
+        InvoiceReleased,
         CostLine,
         InvoiceEnd,
         Resource,
         CostLineMatched,
         InvoiceCompleted,
         InvoicePushed,
+        BillingAlert,
     )
 }
 

@@ -1,10 +1,19 @@
-"""Money as integer minor units plus a currency, parsed from strings through Decimal: never a float."""
+"""Money as integer minor units plus a currency, parsed from strings through Decimal: never a float.
+
+Only ASCII digits are money (Python's `\\d` and `Decimal` also read Arabic-Indic or full-width digits, which
+no DigitalOcean amount contains: such a value is refused, not guessed), and an amount needs at most
+`MAX_MINOR_DIGITS` digits in minor units, so it always fits the `bigint` columns and finance's integers.
+JSON from DigitalOcean is read with `loads_exact`: a JSON number becomes a Decimal, never a float.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any
 
 MINOR_DIGITS = {"USD": 2, "EUR": 2, "GBP": 2, "AUD": 2, "CAD": 2, "SGD": 2, "INR": 2, "JPY": 0}
 
@@ -13,10 +22,12 @@ MINOR_DIGITS = {"USD": 2, "EUR": 2, "GBP": 2, "AUD": 2, "CAD": 2, "SGD": 2, "INR
 # "NaN", "--1", "$") is ambiguous and rejected.
 _MONEY_RE = re.compile(
     r"""^(?P<sign1>[-+])?\s*(?P<cur>\$)?\s*(?P<sign2>[-+])?
-        (?P<int>\d{1,3}(?:,\d{3})+|\d+)
-        (?:\.(?P<frac>\d+))?$""",
-    re.VERBOSE,
+        (?P<int>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)
+        (?:\.(?P<frac>[0-9]+))?$""",
+    re.VERBOSE | re.ASCII,
 )
+# Minor units fit in 18 digits: below 2**63 (PostgreSQL bigint, finance's integers) with room to sum.
+MAX_MINOR_DIGITS = 18
 
 
 class MoneyError(ValueError):
@@ -49,6 +60,7 @@ def parse_decimal(text: str) -> Decimal:
     if not isinstance(text, str):
         raise MoneyError(f"money must be a string, got {type(text).__name__}")
     s = text.strip()
+    _refuse_foreign_digits(text)
     if s.startswith("(") and s.endswith(")"):  # accounting negative: ($12.34)
         inner = s[1:-1].strip()
         if inner.startswith(("-", "+")):
@@ -67,12 +79,55 @@ def parse_decimal(text: str) -> Decimal:
     return value
 
 
+def _refuse_foreign_digits(text: str) -> None:
+    """A digit that is not 0-9 (Arabic-Indic, full-width, superscript...) is refused with its code point."""
+    for ch in text:
+        if not ("0" <= ch <= "9") and (ch.isdigit() or unicodedata.category(ch) == "Nd"):
+            name = unicodedata.name(ch, "unnamed")
+            raise MoneyError(f"money value {text!r} has a non-ASCII digit {ch!r} (U+{ord(ch):04X} {name})")
+
+
 def to_minor(value: Decimal, currency: str = "USD") -> int:
-    """Exact conversion to minor units; more precision than the currency has is an error, not a rounding."""
-    q = value.scaleb(minor_digits(currency))
+    """Exact conversion to minor units; more precision than the currency has is an error, not a rounding.
+
+    More than MAX_MINOR_DIGITS digits in minor units is refused: it cannot be stored or pushed exactly.
+    """
+    if not value.is_finite():
+        raise MoneyError(f"{value} is not a finite amount")
+    digits = minor_digits(currency)
+    if value and value.adjusted() + digits >= MAX_MINOR_DIGITS:
+        raise MoneyError(f"{value} {currency} is beyond {MAX_MINOR_DIGITS} digits in minor units")
+    # An exact scale: a context wide enough for every digit given (the default 28 would round long fractions).
+    exact = Context(prec=len(value.as_tuple().digits) + digits + 2)
+    q = value.scaleb(digits, context=exact)
     if q != q.to_integral_value():
         raise MoneyError(f"{value} has more decimals than {currency} allows")
     return int(q)
+
+
+def money_from_json(value: Any, currency: str = "USD", *, what: str = "amount") -> int:
+    """A DigitalOcean JSON money value (a string such as "12.34", or an exact JSON number) → minor units.
+
+    A float never reaches here through `loads_exact`; one that does is refused rather than trusted.
+    """
+    if isinstance(value, bool) or value is None:
+        raise MoneyError(f"{what} must be a money string, got {value!r}")
+    if isinstance(value, float):
+        raise MoneyError(f"{what} arrived as a binary float ({value!r}): JSON money must be read exactly")
+    if isinstance(value, int | Decimal):
+        return to_minor(Decimal(value), currency)
+    if not isinstance(value, str):
+        raise MoneyError(f"{what} must be a money string, got {type(value).__name__}")
+    return parse_minor(value, currency)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not a number")
+
+
+def loads_exact(data: str | bytes) -> Any:
+    """JSON with every number exact: decimals as Decimal (never float); NaN/Infinity refused."""
+    return json.loads(data, parse_float=Decimal, parse_constant=_no_constant)
 
 
 def parse_money(text: str, currency: str = "USD") -> Money:

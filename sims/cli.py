@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,19 +21,24 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _serve(asgi_app: object, host: str, port: int, what: str) -> None:
+def _serve(asgi_app: Callable[..., Any], host: str, port: int, what: str) -> None:
     """uvicorn in the foreground until SIGINT/SIGTERM; returns (or raises SystemExit) so cleanups run."""
     import signal
 
     import uvicorn
 
+    from shared.devinfra import port_free
+    from shared.settings import ConfigError
+
+    if not port_free(port, host):
+        raise ConfigError(f"{what}: port {port} is already in use on {host}: choose another with --port")
     # uvicorn re-raises the signal it caught once it has shut down: make SIGTERM an exception, not a kill,
     # so the caller's `finally` (stopping an embedded PostgreSQL) runs.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     shown = f"[{host}]" if ":" in host else host
     log.info("%s listening on http://%s:%d", what, shown, port)
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(asgi_app, host=host, port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]
+        uvicorn.run(asgi_app, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command("do")
@@ -43,7 +49,13 @@ def do_sim(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 4020,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     token: Annotated[
-        list[str] | None, typer.Option("--token", help="Accepted bearer token (repeatable; default: any non-empty).")
+        list[str] | None,
+        typer.Option(
+            "--token",
+            envvar="SIM_DO_TOKENS",
+            show_envvar=True,
+            help="Accepted bearer token (repeatable, or space-separated in the variable; default: any non-empty).",
+        ),
     ] = None,
     rate_limit: Annotated[int, typer.Option(help="The first N requests answer 429 with retry-after.")] = 0,
     retry_after: Annotated[int, typer.Option(help="Seconds announced by injected 429s.")] = 1,
@@ -52,7 +64,7 @@ def do_sim(
     server_error_status: Annotated[int, typer.Option(help="Status of injected server errors.")] = 500,
     slow_ms: Annotated[int, typer.Option(help="Delay every answer by this many milliseconds.")] = 0,
     truncate_csv: Annotated[int, typer.Option(help="The first N CSV downloads are cut in the middle.")] = 0,
-    truncate_mode: Annotated[str, typer.Option(help="body | connection")] = "body",
+    truncate_mode: Annotated[str, typer.Option(help="body | rows | connection")] = "body",
     fault_paths: Annotated[str, typer.Option(help="Faults only for paths starting with this prefix.")] = "/v2/",
 ) -> None:
     """Serve a scenario as the DigitalOcean billing API (faults can also be set at runtime via /_sim/faults)."""
@@ -71,7 +83,7 @@ def do_sim(
             server_error_status=server_error_status,
             slow_ms=slow_ms,
             truncate_csv=truncate_csv,
-            truncate_mode=truncate_mode,  # type: ignore[arg-type]
+            truncate_mode=truncate_mode,  # type: ignore[arg-type]  # typer's str; DoFaults validates the value
             paths=fault_paths,
         )
     except (ScenarioError, ValueError) as e:
@@ -131,16 +143,51 @@ def generate_cmd(
     resources: Annotated[int, typer.Option(help="Resources in the inventory.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 1,
     force: Annotated[bool, typer.Option(help="Overwrite a non-empty folder.")] = False,
+    balance_months: Annotated[
+        int, typer.Option(help="Balance history: snapshots over this many last invoiced months (0: three snapshots).")
+    ] = 0,
+    balance_step_hours: Annotated[int, typer.Option(help="Hours between two balance snapshots (divides 24).")] = 1,
+    current_days: Annotated[int, typer.Option(help="Days of the current month (May 2026) with snapshots.")] = 14,
+    trend: Annotated[float, typer.Option(help="Each month's last day costs 1 + TREND times its first.")] = 0.0,
+    spike_day: Annotated[int | None, typer.Option(help="A day of the current month whose usage spikes.")] = None,
+    spike_factor: Annotated[float, typer.Option(help="The spike day's usage, times a normal day's.")] = 5.0,
+    new_products: Annotated[
+        int, typer.Option(help="Products never billed before, added to the last invoice (at most 5).")
+    ] = 0,
+    big_invoices: Annotated[int, typer.Option(help="Extra invoices of --big-lines lines (the latest months).")] = 0,
+    big_lines: Annotated[int, typer.Option(help="CSV lines of each big invoice, e.g. 20000.")] = 0,
 ) -> None:
-    """Write a synthetic scenario of any size (for the benchmark), deterministic for a seed."""
-    from sims.generate import GenerateError, generate
+    """Write a synthetic scenario of any size (for the benchmark, the forecast and the alerts), deterministic
+    for a seed."""
+    from sims.generate import Balances, GenerateError, generate
 
+    balances = Balances(
+        months=balance_months,
+        step_hours=balance_step_hours,
+        current_days=current_days,
+        trend=trend,
+        spike_day=spike_day,
+        spike_factor=spike_factor,
+        new_products=new_products,
+    )
     try:
-        summary = generate(out, invoices=invoices, lines=lines, resources=resources, seed=seed, force=force)
+        summary = generate(
+            out,
+            invoices=invoices,
+            lines=lines,
+            resources=resources,
+            seed=seed,
+            force=force,
+            big_invoices=big_invoices,
+            big_lines=big_lines,
+            balances=balances,
+        )
     except GenerateError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    big = f" + {summary['big_invoices']} x {summary['big_lines']} lines" if summary["big_invoices"] else ""
     typer.echo(
-        f"wrote {out}: {summary['invoices']} invoices x {summary['lines']} lines, "
-        f"{summary['resources']} resources, {summary['history_entries']} history entries"
+        f"wrote {out}: {invoices} invoices x {summary['lines']} lines{big} ({summary['cost_lines']} cost lines), "
+        f"{summary['resources']} resources, {summary['history_entries']} history entries, "
+        f"{summary['balances']} balance snapshots"
     )

@@ -3,9 +3,19 @@
 `generate(out, invoices=N, lines=M, resources=R, seed=S)` writes a scenario folder the DigitalOcean simulator
 serves: N monthly invoices (ending April 2026) of M CSV lines each (the last one GST), an inventory of R
 resources of several kinds in DigitalOcean's object shapes, and a billing history with a payment per
-invoice. Lines use the real description shapes; about half of the non-tax lines name a current resource,
+invoice. `big_invoices=K, big_lines=L` adds K more invoices of L lines each, the most recent months (an
+account that grew: real invoices reach tens of thousands of lines). A long run goes back as many months as
+it needs (synthetic history; years stay four-digit). Lines use the real description shapes; about half of the non-tax lines name a current resource,
 the rest are destroyed droplets and Spaces (never inventoried). The oldest quarter of invoices uses the
 8-column CSV format.
+
+Balance history for the forecast and the alerts (`Balances`): with `months` > 0 the balance file is a series
+of snapshots every `step_hours` (at :07, like the poller) over the last `months` invoiced months, whose
+month-to-date usage reaches exactly each month's invoice net amount at the month's end, then the current
+month (May 2026) up to day `current_days`, accruing at the last month's daily rate. `trend` tilts each
+month's days (the last day costs `1 + trend` times the first), `spike_day`/`spike_factor` multiply one day
+of the current month, and `new_products` adds that many products, never billed before, to the last invoice
+(each about a fifth of its net). Without these options the output is byte for byte what it always was.
 """
 
 from __future__ import annotations
@@ -41,6 +51,23 @@ KIND_WEIGHTS = {
 }
 CENT = Decimal("0.01")
 LAST_PERIOD = (2026, 4)
+
+
+# Products no earlier invoice of a generated scenario has (the matcher reports them as unknown products).
+NEW_PRODUCTS = ("GPU Droplets", "Managed Kafka", "Functions", "Gradient AI Agents", "Cloudways")
+
+
+@dataclass(frozen=True)
+class Balances:
+    """Options for the balance history (see the module docstring); `months` 0 keeps the three old snapshots."""
+
+    months: int = 0
+    step_hours: int = 1
+    current_days: int = 14
+    trend: float = 0.0
+    spike_day: int | None = None
+    spike_factor: float = 5.0
+    new_products: int = 0
 
 
 class GenerateError(ValueError):
@@ -155,7 +182,7 @@ def _resource(rng: random.Random, kind: str, i: int) -> _Res:
         return _Res(kind, obj, name, "App Platform", f"{name} (basic-xxs)")
     if kind == "snapshots":
         name = f"snap-{i:05d}-{1_700_000_000 + i}"
-        gb = rng.choice(["1.5", "2.5", "4.2"])
+        snap_gb = rng.choice(["1.5", "2.5", "4.2"])
         obj = {
             "id": str(150_000_000 + i),
             "name": name,
@@ -163,9 +190,9 @@ def _resource(rng: random.Random, kind: str, i: int) -> _Res:
             "created_at": created,
             "resource_type": "droplet",
             "resource_id": str(300_000_000 + i),
-            "size_gigabytes": float(gb),
+            "size_gigabytes": float(snap_gb),
         }
-        return _Res(kind, obj, name, "Snapshots", f"{name} ({region}) {gb}GB")
+        return _Res(kind, obj, name, "Snapshots", f"{name} ({region}) {snap_gb}GB")
     if kind == "reserved_ips":
         ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         obj = {"ip": ip, "region": {"slug": region}, "droplet": None, "locked": False}
@@ -182,15 +209,46 @@ def _periods(n: int) -> list[tuple[int, int]]:
     return out[::-1]
 
 
+MAX_INVOICES = 12_000  # a thousand years of months: dates keep four-digit years
+
+
 def generate(
-    out: Path | str, *, invoices: int, lines: int, resources: int, seed: int = 1, force: bool = False
+    out: Path | str,
+    *,
+    invoices: int,
+    lines: int,
+    resources: int,
+    seed: int = 1,
+    force: bool = False,
+    big_invoices: int = 0,
+    big_lines: int = 0,
+    balances: Balances | None = None,
+    line_counts: list[int] | None = None,
 ) -> dict[str, int]:
-    """Write the scenario folder; returns counts. Same arguments, same bytes."""
+    """Write the scenario folder; returns counts. Same arguments, same bytes.
+
+    `line_counts`: one line count per invoice, oldest first (mixed sizes, as the chaos run wants); it replaces
+    `invoices`/`lines`/`big_*`."""
     out = Path(out)
+    if line_counts is not None:
+        if not line_counts or min(line_counts) < 1:
+            raise GenerateError("line_counts needs at least one invoice, each of at least one line")
+        invoices, lines, big_invoices, big_lines = len(line_counts), max(line_counts), 0, 0
+    bal = balances or Balances()
     if invoices < 1 or lines < 1 or resources < 0:
         raise GenerateError("--invoices and --lines must be >= 1, --resources >= 0")
-    if invoices > 1200:
-        raise GenerateError("--invoices at most 1200 (a century of months)")
+    if bal.months < 0 or bal.months > invoices + big_invoices:
+        raise GenerateError("--balance-months must be between 0 and --invoices")
+    if bal.step_hours < 1 or 24 % bal.step_hours or not 1 <= bal.current_days <= 31:
+        raise GenerateError("--balance-step-hours must divide 24, --current-days be 1..31")
+    if bal.spike_day is not None and not 1 <= bal.spike_day <= bal.current_days:
+        raise GenerateError("--spike-day must be a day of the current month up to --current-days")
+    if bal.new_products < 0 or bal.new_products > len(NEW_PRODUCTS):
+        raise GenerateError(f"--new-products at most {len(NEW_PRODUCTS)}")
+    if big_invoices < 0 or (big_invoices and big_lines < 1):
+        raise GenerateError("--big-invoices must be >= 0, and --big-lines >= 1 when there are big invoices")
+    if invoices + big_invoices > MAX_INVOICES:
+        raise GenerateError(f"at most {MAX_INVOICES} invoices in all (one per month, a thousand years)")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise GenerateError(f"{out} is not empty (use --force to overwrite)")
@@ -205,16 +263,20 @@ def generate(
         inventory[r.kind].append(r.obj)
 
     history: list[dict[str, Any]] = []
-    periods = _periods(invoices)
+    nets: dict[tuple[int, int], Decimal] = {}
+    periods = _periods(invoices + big_invoices)
+    sizes = [lines] * invoices + [big_lines] * big_invoices  # oldest first: the big ones are the latest months
+    if line_counts is not None:
+        sizes = list(line_counts)
     old_cutoff = len(periods) // 4
-    for k, (y, m) in enumerate(periods):
+    for k, ((y, m), n_lines) in enumerate(zip(periods, sizes, strict=True)):
         days = calendar.monthrange(y, m)[1]
         start = datetime(y, m, 1, tzinfo=UTC)
         end = start + timedelta(days=days)
         full = days * 24
         rows: list[dict[str, str]] = []
         net = Decimal("0")
-        for j in range(lines - 1):
+        for j in range(n_lines - 1):
             roll = rng.random()
             hours, s, e = full, start, end
             group = ""
@@ -248,6 +310,11 @@ def generate(
                     else "iaas",
                 }
             )
+        if bal.new_products and k == len(periods) - 1:
+            extra = _new_product_rows(net, bal.new_products, start, end)
+            net += sum((Decimal(r["USD"].lstrip("$")) for r in extra), Decimal(0))
+            rows.extend(extra)
+        nets[(y, m)] = net
         gst = (net * Decimal("0.10")).quantize(CENT, rounding=ROUND_HALF_UP)
         rows.append(
             {
@@ -293,7 +360,7 @@ def generate(
     history.sort(key=lambda h: h["date"], reverse=True)
 
     usage = Decimal(rng.randint(1000, 90000)) * CENT
-    balances = [
+    balance_rows = [
         {
             "month_to_date_balance": f"{usage + i * Decimal('0.11')}",
             "account_balance": "0.00",
@@ -302,7 +369,105 @@ def generate(
         }
         for i in range(3)
     ]
+    if bal.months:
+        balance_rows = balance_series(nets, bal, seed)
     (out / "billing_history.json").write_text(json.dumps(history, indent=1) + "\n")
-    (out / "balance.json").write_text(json.dumps(balances, indent=1) + "\n")
+    (out / "balance.json").write_text(json.dumps(balance_rows, indent=1) + "\n")
     (out / "resources.json").write_text(json.dumps(inventory, indent=1) + "\n")
-    return {"invoices": invoices, "lines": lines, "resources": resources, "history_entries": len(history)}
+    return {
+        "invoices": invoices + big_invoices,
+        "lines": lines,
+        "big_invoices": big_invoices,
+        "big_lines": big_lines if big_invoices else 0,
+        "cost_lines": sum(sizes),
+        "resources": resources,
+        "history_entries": len(history),
+        "balances": len(balance_rows),
+    }
+
+
+def _new_product_rows(net: Decimal, n: int, start: datetime, end: datetime) -> list[dict[str, str]]:
+    """`n` products never billed before, each about a fifth of the invoice's net so far."""
+    hours = int((end - start).total_seconds() // 3600)
+    amount = max(Decimal("20.00"), (net / 5).quantize(CENT, rounding=ROUND_HALF_UP))
+    return [
+        {
+            "product": product,
+            "group_description": "",
+            "description": f"{product.lower().replace(' ', '-')}-01 (new)",
+            "hours": str(hours),
+            "start": _ts(start),
+            "end": _ts(end),
+            "USD": _usd(amount),
+            "project_name": "",
+            "category": "paas",
+        }
+        for product in NEW_PRODUCTS[:n]
+    ]
+
+
+def _day_weights(days: int, trend: float, rng: random.Random) -> list[Decimal]:
+    """Each day's share of a month: a linear tilt (`trend`) and +-5% of day-to-day noise."""
+    tilt = Decimal(str(trend))
+    return [
+        (1 + tilt * Decimal(d) / max(1, days - 1)) * Decimal(str(round(rng.uniform(0.95, 1.05), 4)))
+        for d in range(days)
+    ]
+
+
+def _spread(total_minor: int, weights: list[Decimal]) -> list[int]:
+    """Integer minor units per day, in proportion to the weights, adding up to `total_minor` exactly."""
+    whole = sum(weights, Decimal(0))
+    out, given, acc = [], 0, Decimal(0)
+    for w in weights:
+        acc += w
+        upto = int((Decimal(total_minor) * acc / whole).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        out.append(upto - given)
+        given = upto
+    return out
+
+
+def balance_series(nets: dict[tuple[int, int], Decimal], bal: Balances, seed: int) -> list[dict[str, str]]:
+    """Snapshots every `step_hours` at :07 over the last `months` invoiced months and the current month so far;
+    each past month's accrual ends at its invoice's net amount (what the forecast's error is measured on)."""
+    rng = random.Random(seed * 7919 + 17)  # its own stream: the invoices stay byte for byte the same
+    months = sorted(nets)[-bal.months :]
+    daily: list[tuple[datetime, int]] = []  # (day start, usage that day in minor units)
+    for y, m in months:
+        days = calendar.monthrange(y, m)[1]
+        total = int(nets[(y, m)] * 100)
+        for d, amount in enumerate(_spread(total, _day_weights(days, bal.trend, rng))):
+            daily.append((datetime(y, m, 1, tzinfo=UTC) + timedelta(days=d), amount))
+    ly, lm = months[-1]
+    cy, cm = (ly, lm + 1) if lm < 12 else (ly + 1, 1)
+    last_days = calendar.monthrange(ly, lm)[1]
+    rate = Decimal(int(nets[(ly, lm)] * 100)) / last_days
+    cur_days = calendar.monthrange(cy, cm)[1]
+    weights = _day_weights(cur_days, bal.trend, rng)
+    mean_w = sum(weights, Decimal(0)) / cur_days
+    for d in range(bal.current_days):
+        factor = Decimal(str(bal.spike_factor)) if bal.spike_day == d + 1 else Decimal(1)
+        amount = int((rate * weights[d] / mean_w * factor).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        daily.append((datetime(cy, cm, 1, tzinfo=UTC) + timedelta(days=d), amount))
+    out: list[dict[str, str]] = []
+    mtd = 0
+    for day, amount in daily:
+        if day.day == 1:
+            mtd = 0
+        for h in range(0, 24, bal.step_hours):
+            at = day + timedelta(hours=h, minutes=7)
+            if at.month == cm and at.day == bal.current_days and h > 10:
+                break  # the current month stops mid-morning of its last day, like a live account
+            # Usage accrues evenly through the day: the snapshot at h:07 has h/24 of the day (the 00:07 one, none).
+            value = mtd + amount * h // 24
+            text = format(Decimal(value) / 100, ".2f")
+            out.append(
+                {
+                    "month_to_date_balance": text,
+                    "account_balance": "0.00",
+                    "month_to_date_usage": text,
+                    "generated_at": _iso(at),
+                }
+            )
+        mtd += amount
+    return out

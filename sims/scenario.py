@@ -8,11 +8,16 @@ A scenario is a folder anyone can fill with their own account's data (see sims/R
 - `invoices/<uuid>.csv`: one CSV per Invoice entry, served byte-for-byte;
 - `invoices/<uuid>.json` (optional): the invoice's items; derived from the CSV otherwise;
 - `invoices/<uuid>.summary.json` (optional): the invoice summary; derived from the CSV otherwise;
-- `resources.json`: an object keyed by DigitalOcean listing key (`droplets`, `volumes`, ...).
+- `resources.json`: an object keyed by DigitalOcean listing key (`droplets`, `volumes`, ...);
+- `resources_past.json` (optional): the same shape, an earlier inventory (resources destroyed since), served
+  instead of `resources.json` after `PUT /_sim/inventory {"inventory": "past"}`.
+  GPU droplets are droplets whose `size_slug` starts with `gpu-`: served only under `type=gpus`.
 
 Every file is checked when the scenario is loaded, so a broken folder fails at start with an error naming
-the file, not later with a confusing HTTP answer. CSV bytes are read from disk on each request (a generated
-scenario may be large), everything else is held in memory.
+the file, not later with a confusing HTTP answer. An invoice CSV is the exception: it is what DigitalOcean
+serves and the client must cope with whatever that is, so a CSV that is not UTF-8, lacks a column or has a
+bad row is served byte for byte anyway, with a warning at start (`Scenario.warnings`). CSV bytes are read
+from disk on each request (a generated scenario may be large), everything else is held in memory.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.money import MoneyError, parse_decimal
+
+log = logging.getLogger(__name__)
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
@@ -101,9 +109,11 @@ class Scenario:
     invoices: list[dict[str, Any]]
     invoice_preview: dict[str, Any] | None
     resources: dict[str, list[dict[str, Any]]]
+    resources_past: dict[str, list[dict[str, Any]]] | None = None
     csv_paths: dict[str, Path] = field(default_factory=dict)
     items_paths: dict[str, Path] = field(default_factory=dict)
     summary_paths: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_uuid = {inv["invoice_uuid"]: inv for inv in self.invoices}
@@ -160,7 +170,23 @@ def _iso_from_csv_time(value: str) -> str:
 
 
 def csv_rows(data: bytes) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+    """The rows by header name; lenient (a scenario may hold a deliberately broken CSV): undecodable bytes
+    are replaced and an unreadable tail is dropped, since only the items and summary derive from this."""
+    rows: list[dict[str, str]] = []
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig", errors="replace").replace("\x00", ""), newline=""))
+    try:
+        for row in reader:
+            rows.append({k: v for k, v in row.items() if isinstance(k, str) and isinstance(v, str)})
+    except csv.Error:
+        pass
+    return rows
+
+
+def _amount(row: dict[str, str]) -> str:
+    try:
+        return str(parse_decimal(row.get("USD", "0") or "0"))
+    except MoneyError:
+        return "0"
 
 
 def items_from_csv(data: bytes) -> list[dict[str, Any]]:
@@ -171,7 +197,7 @@ def items_from_csv(data: bytes) -> list[dict[str, Any]]:
             "product": row.get("product", ""),
             "group_description": row.get("group_description", ""),
             "description": row.get("description", ""),
-            "amount": str(parse_decimal(row.get("USD", "0") or "0")),
+            "amount": _amount(row),
             "duration": row.get("hours", ""),
             "duration_unit": "Hours" if row.get("hours") else "",
             "start_time": _iso_from_csv_time(row.get("start", "")),
@@ -355,38 +381,43 @@ def _load_invoices(root: Path, history: list[dict[str, Any]]) -> tuple[list[dict
     return data, preview
 
 
-def _check_csv(path: Path) -> None:
+def check_csv(data: bytes) -> str | None:
+    """What a client will find wrong with this CSV, or None. Never raises: the file is served regardless."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ScenarioError(path, f"not UTF-8 ({e})") from e
+        return f"not UTF-8 ({e})"
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        return f"a NUL byte at offset {nul}"
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
-        raise ScenarioError(path, "empty CSV: a header row is needed") from None
+        return "empty CSV: a header row is needed"
     except csv.Error as e:
-        raise ScenarioError(path, f"unreadable CSV header ({e})") from e
+        return f"unreadable CSV header ({e})"
     missing = [c for c in CSV_REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise ScenarioError(path, f"CSV header lacks {', '.join(missing)} (header: {','.join(header)})")
+        return f"CSV header lacks {', '.join(missing)} (header: {','.join(header)})"
     usd = header.index("USD")
     try:
         for n, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != len(header):
-                raise ScenarioError(path, f"line {n} has {len(row)} fields, the header {len(header)}")
+                return f"line {n} has {len(row)} fields, the header {len(header)}"
             try:
                 parse_decimal(row[usd])
             except MoneyError as e:
-                raise ScenarioError(path, f"line {n}: USD {e}") from e
+                return f"line {n}: USD {e}"
     except csv.Error as e:
-        raise ScenarioError(path, f"unreadable CSV ({e})") from e
+        return f"unreadable CSV ({e})"
+    return None
 
 
 def _load_invoice_files(
-    root: Path, history: list[dict[str, Any]], invoices: list[dict[str, Any]]
+    root: Path, history: list[dict[str, Any]], invoices: list[dict[str, Any]], warnings: list[str]
 ) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
     folder = root / "invoices"
     wanted = [e["invoice_uuid"] for e in history if e.get("invoice_uuid")] + [i["invoice_uuid"] for i in invoices]
@@ -409,7 +440,9 @@ def _load_invoice_files(
         elif name.endswith(".csv"):
             csvs.setdefault(name.removesuffix(".csv"), p)
     for p in csvs.values():
-        _check_csv(p)
+        problem = check_csv(p.read_bytes())
+        if problem:
+            warnings.append(f"{p}: {problem} (served byte for byte anyway)")
     for u, p in items.items():
         data = _read_json(p)
         if isinstance(data, dict):
@@ -453,8 +486,8 @@ _IDENTITY_TEXT = {
 }
 
 
-def _load_resources(root: Path) -> dict[str, list[dict[str, Any]]]:
-    path = root / "resources.json"
+def _load_resources(root: Path, file: str = "resources.json") -> dict[str, list[dict[str, Any]]]:
+    path = root / file
     data = _read_json(path)
     if not isinstance(data, dict):
         raise ScenarioError(path, f"must be an object keyed by listing ({', '.join(RESOURCE_LISTINGS)})")
@@ -494,8 +527,12 @@ def load_scenario(name_or_dir: str | Path) -> Scenario:
     balances = _load_balances(root)
     history = _load_history(root)
     invoices, preview = _load_invoices(root, history)
-    csvs, items, summaries = _load_invoice_files(root, history, invoices)
+    warnings: list[str] = []
+    csvs, items, summaries = _load_invoice_files(root, history, invoices, warnings)
     resources = _load_resources(root)
+    past = _load_resources(root, "resources_past.json") if (root / "resources_past.json").is_file() else None
+    for w in warnings:
+        log.warning("scenario %s: %s", root.name, w)
     return Scenario(
         name=root.name,
         root=root,
@@ -504,9 +541,11 @@ def load_scenario(name_or_dir: str | Path) -> Scenario:
         invoices=invoices,
         invoice_preview=preview or preview_from_balance(balances[-1]),
         resources=resources,
+        resources_past=past,
         csv_paths=csvs,
         items_paths=items,
         summary_paths=summaries,
+        warnings=warnings,
     )
 
 

@@ -1,15 +1,18 @@
-"""Test helpers shared by integration and e2e tests (reading topics to their end, waiting)."""
+"""Test helpers shared by integration and e2e tests (reading topics to their end, waiting, dumping read models)."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+import psycopg
+from psycopg.rows import tuple_row
 
+from shared.events import Reconciliation
+from shared.kafka.admin import read_topic
 from shared.kafka.records import Record
+from shared.reconciliation import Expected, reconcile
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -17,37 +20,7 @@ T = TypeVar("T")
 
 def read_all(settings: Settings, topic: str, *, timeout: float = 20.0, committed_only: bool = True) -> list[Record]:
     """Every record of `topic` from offset 0 to the end (detected with partition EOF, not latest offsets)."""
-    c = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
-        }
-    )
-    try:
-        md = c.list_topics(topic, timeout=10)
-        parts = sorted(md.topics[topic].partitions)
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
-        done: set[int] = set()
-        out: list[Record] = []
-        deadline = time.monotonic() + timeout
-        while len(done) < len(parts):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"did not reach the end of {topic} in {timeout}s ({len(out)} read)")
-            msg = c.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
-                continue
-            done.discard(msg.partition())
-            out.append(Record.from_message(msg))
-        return out
-    finally:
-        c.close()
+    return read_topic(settings, topic, timeout=timeout, committed_only=committed_only)
 
 
 def wait_until(check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> T:
@@ -64,6 +37,7 @@ def wait_until(check: Callable[[], T], *, timeout: float = 30.0, interval: float
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a child process needs to see the same Settings (secrets included)."""
+    import json
     import os
 
     from pydantic import SecretStr
@@ -77,8 +51,10 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             value = value.get_secret_value()
         elif name == "digitalocean_accounts":
             value = ",".join(f"{a.name}={a.token.get_secret_value()}" for a in value)
-        elif name == "skyai_finance_roles":
-            value = ",".join(value)
+        elif isinstance(value, list):  # comma-separated lists (roles, tax names, thresholds)
+            value = ",".join(str(x) for x in value)
+        elif isinstance(value, dict):  # JSON objects (budgets)
+            value = json.dumps(value)
         env[name.upper()] = str(value)
     env["LOG_FORMAT"] = "console"
     env.update(extra)
@@ -127,3 +103,32 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def proven(gross_minor: int, tax_minor: int = 0, currency: str = "USD") -> Reconciliation:
+    """The reconciliation of a revision whose billing-history and invoice-list amounts both equal its gross."""
+    return reconcile(
+        gross_minor=gross_minor,
+        tax_minor=tax_minor,
+        csv_currency=currency,
+        expected=Expected(currency=currency, history_minor=gross_minor, listed_minor=gross_minor),
+    )
+
+
+def dump(conn: psycopg.Connection) -> dict[str, list[Any]]:
+    """Every read-model table, every row, in a total order: equal dumps mean identical read models."""
+    cur = conn.cursor(row_factory=tuple_row)
+    tables = [
+        r[0]
+        for r in cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'readmodel'"
+            " AND table_name <> 'schema_migrations' ORDER BY table_name"
+        ).fetchall()
+    ]
+    out: dict[str, list[Any]] = {}
+    for t in tables:
+        cur.execute(f"SELECT * FROM readmodel.{t} LIMIT 0")
+        ncols = len(cur.description or [])
+        order = ", ".join(str(i + 1) for i in range(ncols))
+        out[t] = cur.execute(f"SELECT * FROM readmodel.{t} ORDER BY {order}").fetchall()
+    return out

@@ -16,11 +16,13 @@ bearer = HTTPBearer(auto_error=False, description="A JWT with the platform_admin
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_verifier(request: Request) -> TokenVerifier:
-    return request.app.state.verifier
+    verifier: TokenVerifier = request.app.state.verifier
+    return verifier
 
 
 def get_repository(request: Request) -> ReadModelRepository:

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from shared.auth import mint
 from shared.metrics import HTTP_CALLS, HTTP_LATENCY
+from shared.retry import http_class
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class FinanceError(Exception):
 
 
 class FinanceUnavailable(FinanceError):
-    """Connection error, timeout, 5xx or 429: try again later (after `retry_after_s` when finance said so)."""
+    """Connection error, timeout, 408, 409, 425, 429 or 5xx: try again later (after `retry_after_s` when finance said so)."""
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -167,7 +168,7 @@ class FinanceClient:
             except (ValueError, KeyError, TypeError):
                 # Finance may have stored it; the same key re-sent later is harmless, a DLQ would lose it.
                 raise FinanceUnavailable(f"finance answered HTTP {status} with an unreadable body: {body}") from None
-        if status == 429 or status >= 500:
+        if http_class(status) == "transient":  # 408, 409, 425, 429, 5xx
             raise FinanceUnavailable(
                 f"finance answered HTTP {status}", retry_after_s=parse_retry_after(resp.headers.get("retry-after"))
             )

@@ -16,7 +16,7 @@ from shared.events import InvoicePushed
 from shared.kafka import ConsumerLoop, EventProducer, StopSignal, create_topics
 from shared.metrics import serve
 from shared.settings import Settings
-from shared.topics import INVOICE_COMPLETED, INVOICE_PUSHED, group_id
+from shared.topics import INVOICE_COMPLETED, INVOICE_PUSHED, group_id, retry_topic
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
                 handler=handler,
                 stop=stop,
                 max_backoff_s=settings.skyai_finance_max_backoff_s,
+                retry_topic=retry_topic(settings, SERVICE),
             )
             log.info("finance pusher pushing to %s as tenant %s", settings.skyai_finance_url, handler.tenant_id)
             loop.run()

@@ -71,9 +71,18 @@ def payload_sha256(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def idempotency_key(tenant_id: str, source: str, external_id: str, payload_hash: str) -> str:
-    """Deterministic: a re-push of the same content after a crash carries the same key."""
-    return hashlib.sha256(canonical_json([tenant_id, source, external_id, payload_hash]).encode()).hexdigest()
+def idempotency_key(
+    tenant_id: str, source: str, external_id: str, revision: int, payload_hash: str, sender: str = ""
+) -> str:
+    """Names exactly one request body: one revision of one invoice's payload, from one ledger.
+
+    Deterministic, so a re-push of the same revision after a crash carries the same key with the same body
+    (finance replays its answer). The revision is in it because a content revert A → B → A must not reuse
+    A's key: finance would replay A's first answer and keep B. The sender (the pusher ledger's identity) is in
+    it because another deployment pushing the same revision again is a new request, not a replay of ours.
+    """
+    parts = [tenant_id, source, external_id, revision, payload_hash, sender]
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ decisions

@@ -1,6 +1,11 @@
-"""DigitalOcean invoice CSV → parsed lines and totals. Pure: text in, values out, no I/O.
+"""DigitalOcean invoice CSV → parsed lines and totals. Pure: bytes in, values out, no I/O.
 
 Why it is this strict and this lenient at once:
+- **Bytes first.** The body is read as received: its sha256 (the ledger's "same content") is over the raw
+  bytes, and it is decoded here as strict UTF-8 (a UTF-8 BOM allowed), never by the HTTP library with
+  replacement characters. A byte sequence that is not UTF-8, a NUL or any other control character (only CR
+  and LF, the line structure, are allowed) rejects the whole invoice with a reason naming the byte offset,
+  its value and the line: PostgreSQL cannot store a NUL and a silently replaced character is a changed name.
 - Columns are found **by header name**, never by position: DigitalOcean ships an 8-column variant (older
   invoices, no `category`) and a 9-column one, and the column order has shifted before. Header names are
   normalized (case, surrounding spaces, spaces/hyphens vs underscores: `Group Description` ==
@@ -12,6 +17,10 @@ Why it is this strict and this lenient at once:
   ISO-8601 with an offset is accepted too. A date without an offset is rejected rather than guessed.
 - `hours` is an integer and empty on tax rows (→ None).
 - Quoted fields with commas or newlines, a UTF-8 BOM, CRLF line ends and blank lines are all tolerated.
+- Tax or net: the one rule of `shared/tax.py` (product `Taxes`, or a tax named as a word), with the configured
+  names; `parser_version` carries a fingerprint of non-default names, so changing them re-ingests.
+- Whether the body ends with a line break is reported (`ends_with_line_break`), not judged here: a body cut
+  at a byte mostly stops mid-row, and the reconciliation holds such an invoice (shared/reconciliation.py).
 - Unknown columns are kept verbatim in `extra` (a new DigitalOcean column is data, not an error).
 - Anything unreadable (a missing required column, a bad amount, date or hours, a row with the wrong number of
   fields) raises ONE `CsvParseError` naming the row, column and value: the whole invoice fails, since
@@ -24,6 +33,7 @@ change the parsed lines, so the ledger re-ingests invoices parsed by an older ve
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import re
@@ -31,8 +41,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shared.money import MINOR_DIGITS, MoneyError, parse_minor
+from shared.tax import DEFAULT_RULE, TaxRule
 
-PARSER_VERSION = "1"
+# 2: strict UTF-8 bytes, control characters refused, the shared tax rule (product `Taxes`, tax names as words).
+PARSER_VERSION = "2"
+UTF8_BOM = b"\xef\xbb\xbf"
+# C0 and C1 control characters and DEL, except CR and LF (line ends, also inside quoted fields).
+_CONTROL_RE = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 # Known columns (normalized names). The amount column is recognised by its currency-code name.
 REQUIRED_COLUMNS: tuple[str, ...] = ("product", "description", "hours", "start", "end")
@@ -41,7 +56,7 @@ AMOUNT_COLUMN = "amount"  # the logical name used in errors when no currency col
 CURRENCY_COLUMNS = frozenset(c.lower() for c in MINOR_DIGITS)
 
 _MAX_VALUE_IN_ERROR = 200
-_HOURS_RE = re.compile(r"^(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?$")
+_HOURS_RE = re.compile(r"^(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.0+)?$")
 _SEP_RE = re.compile(r"[\s\-_]+")
 
 
@@ -59,17 +74,21 @@ class CsvParseError(ValueError):
         line: int | None = None,
         column: str | None = None,
         value: str | None = None,
+        byte: int | None = None,
     ) -> None:
         self.reason = reason
         self.row = row
         self.line = line
         self.column = column
+        self.byte = byte
         self.value = None if value is None else value[:_MAX_VALUE_IN_ERROR]
         where = []
         if row is not None:
             where.append("header" if row == 0 else f"row {row}")
         if line is not None:
             where.append(f"line {line}")
+        if byte is not None:
+            where.append(f"byte offset {byte}")
         if column is not None:
             where.append(f"column {column!r}")
         if value is not None:
@@ -110,6 +129,7 @@ class ParsedInvoice:
     totals: Totals
     csv_sha256: str
     parser_version: str = PARSER_VERSION
+    ends_with_line_break: bool = True
 
     @property
     def line_count(self) -> int:
@@ -122,10 +142,14 @@ def normalize_header(name: str) -> str:
     return _SEP_RE.sub("_", name.replace("\ufeff", "").strip().lower()).strip("_")
 
 
-def is_tax_line(description: str) -> bool:
-    """The brief's rule: a line whose description contains "gst" or "tax", any case, is tax."""
-    d = description.lower()
-    return "gst" in d or "tax" in d
+def is_tax_line(product: str, description: str, rule: TaxRule = DEFAULT_RULE) -> bool:
+    """The one tax rule (shared/tax.py): product `Taxes`, or a tax named as a word in the description."""
+    return rule.is_tax(product, description)
+
+
+def parser_version(rule: TaxRule = DEFAULT_RULE) -> str:
+    """PARSER_VERSION, plus the tax names' fingerprint when they are not the contract's defaults."""
+    return PARSER_VERSION if rule.is_default else f"{PARSER_VERSION}+tax.{rule.fingerprint}"
 
 
 def totals_of(lines: tuple[ParsedLine, ...] | list[ParsedLine]) -> Totals:
@@ -135,15 +159,51 @@ def totals_of(lines: tuple[ParsedLine, ...] | list[ParsedLine]) -> Totals:
     return Totals(net_minor=net, tax_minor=tax, gross_minor=net + tax)
 
 
-def csv_sha256(text: str | bytes) -> str:
-    """Content hash of the CSV exactly as received (the ledger's 'same content' test)."""
-    raw = text.encode("utf-8") if isinstance(text, str) else text
+def csv_sha256(body: str | bytes) -> str:
+    """Content hash of the CSV's raw bytes as received (the ledger's 'same content' test)."""
+    raw = body.encode("utf-8") if isinstance(body, str) else body
     return hashlib.sha256(raw).hexdigest()
 
 
+def _line_of(raw: bytes, offset: int) -> int:
+    """1-based physical line of a byte offset (LF-separated; a CR alone does not start a line here)."""
+    return raw.count(b"\n", 0, offset) + 1
+
+
+def decode_csv_bytes(raw: bytes) -> str:
+    """Strict UTF-8 (BOM allowed, dropped) without control characters, or a CsvParseError naming the byte."""
+    bom = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start
+        bad = raw[at : bom + e.end]
+        raise CsvParseError(
+            f"not UTF-8: byte 0x{raw[at]:02X} ({e.reason}; bytes {bad.hex(' ').upper()})",
+            line=_line_of(raw, at),
+            byte=at,
+        ) from None
+    m = _CONTROL_RE.search(text)
+    if m is not None:
+        ch = m.group()
+        at = bom + len(text[: m.start()].encode("utf-8"))
+        name = "NUL" if ch == "\x00" else f"control character U+{ord(ch):04X}"
+        raise CsvParseError(
+            f"{name} (byte 0x{raw[at]:02X}) in a field: control characters are refused",
+            line=_line_of(raw, at),
+            byte=at,
+        )
+    return text
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_datetime(text: str) -> datetime:
-    """`2020-07-01 00:00:00 +0000` (DigitalOcean's CSV) or ISO-8601 with an offset, as an aware UTC datetime."""
+    """`2020-07-01 00:00:00 +0000` (DigitalOcean's CSV) or ISO-8601 with an offset, as an aware UTC datetime.
+
+    Cached: an invoice's rows repeat a handful of start/end times, and strptime was half the parser's time."""
     s = text.strip()
+    if not s.isascii():
+        raise ValueError("a date has only ASCII characters (YYYY-MM-DD HH:MM:SS +0000)")
     try:
         return datetime.strptime(s, "%Y-%m-%d %H:%M:%S %z").astimezone(UTC)
     except ValueError:
@@ -224,15 +284,14 @@ def _layout(header: list[str], line: int) -> _Layout:
     )
 
 
-def parse_invoice_csv(text: str | bytes) -> ParsedInvoice:
-    """Parse a whole invoice CSV. Raises CsvParseError (row, column, value) on anything unreadable."""
-    digest = csv_sha256(text)
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise CsvParseError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    text = text.removeprefix("\ufeff")
+def parse_invoice_csv(body: bytes | str, *, tax_rule: TaxRule = DEFAULT_RULE) -> ParsedInvoice:
+    """Parse a whole invoice CSV (its raw bytes; text is taken as its UTF-8 encoding).
+
+    Raises CsvParseError (row, line, column, value or byte) on anything unreadable.
+    """
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    digest = csv_sha256(raw)
+    text = decode_csv_bytes(raw)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     layout: _Layout | None = None
     lines: list[ParsedLine] = []
@@ -245,16 +304,23 @@ def parse_invoice_csv(text: str | bytes) -> ParsedInvoice:
                 layout = _layout(fields, reader.line_num)
                 continue
             row_no += 1
-            lines.append(_parse_row(fields, layout, len(lines), row_no, reader.line_num))
+            lines.append(_parse_row(fields, layout, len(lines), row_no, reader.line_num, tax_rule))
     except csv.Error as e:
         raise CsvParseError(f"malformed CSV: {e}", row=row_no + 1 if layout else 0, line=reader.line_num) from None
     if layout is None:
         raise CsvParseError("empty CSV: no header row")
     frozen = tuple(lines)
-    return ParsedInvoice(lines=frozen, currency=layout.currency, totals=totals_of(frozen), csv_sha256=digest)
+    return ParsedInvoice(
+        lines=frozen,
+        currency=layout.currency,
+        totals=totals_of(frozen),
+        csv_sha256=digest,
+        parser_version=parser_version(tax_rule),
+        ends_with_line_break=text.endswith(("\n", "\r")),
+    )
 
 
-def _parse_row(fields: list[str], lay: _Layout, line_index: int, row: int, line: int) -> ParsedLine:
+def _parse_row(fields: list[str], lay: _Layout, line_index: int, row: int, line: int, rule: TaxRule) -> ParsedLine:
     if len(fields) != lay.width:
         if len(fields) < lay.width:
             missing = [n for n, p in lay.index.items() if p >= len(fields)]
@@ -315,6 +381,6 @@ def _parse_row(fields: list[str], lay: _Layout, line_index: int, row: int, line:
         currency=lay.currency,
         project_name=get("project_name"),
         category=get("category"),
-        is_tax=is_tax_line(description),
+        is_tax=rule.is_tax(product, description),
         extra={name: fields[pos] for pos, name in lay.extras},
     )

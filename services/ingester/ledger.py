@@ -8,8 +8,8 @@ the end marker and the consumed offset) cannot commit atomically together, so th
 2. **reserve** in the ledger, in one DB transaction under a per-invoice advisory lock, using
    `domain.decide` against the invoice's latest revision:
    - same hash + parser version, `committed` → **skip**: the Kafka transaction carries only the offset
-     (which is also committed directly afterwards: the embedded broker drops the offsets of a transaction
-     that produced nothing; committing a no-op's offset outside a transaction is safe anywhere);
+     (on the embedded broker, which drops the offsets of a transaction that produced nothing, the offset
+     is committed directly instead: committing a no-op's offset outside a transaction is safe anywhere);
    - same hash + parser version, `pending`   → **re-emit** that same revision;
    - anything else → insert revision `latest + 1` as `pending` (a `pending` latest with other content is
      marked `superseded`; its number is never reused);
@@ -31,25 +31,39 @@ Crash analysis (the consumed offset moves only with step 3's commit):
   committed; with other content it becomes the next revision. Nothing is lost either way.
 - after 4: done; a redelivery or a later discovery with the same content is skipped.
 
-Invariant that makes this work: a revision number is bound to exactly one (hash, parser version) for
-ever, so any copy of revision N anyone ever sees — committed, aborted or re-sent — has the same lines.
+Invariant that makes this work: a revision number is bound to exactly one (hash, parser version, evidence)
+for ever, so any copy of revision N anyone ever sees — committed, aborted or re-sent — has the same lines.
+
+The money gates add a table per invoice (`ingester.invoices`): its last discovery, which a re-fetch runs
+again, and while the invoice is held, when its CSV is fetched next (`domain.next_hold`). That bookkeeping is
+advisory: done again on a redelivery, it at worst counts one attempt twice.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from psycopg_pool import ConnectionPool
+from psycopg.types.json import Jsonb
 
 from services.ingester.csv_parser import ParsedInvoice
-from services.ingester.domain import Decision, LedgerEntry, decide
+from services.ingester.domain import Decision, Hold, LedgerEntry, Outcome, RefetchPolicy, decide, next_hold
+from shared.db import DictConnection, DictPool
+from shared.events import InvoiceDiscovered
 
 
 class Ledger:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: DictPool) -> None:
         self.pool = pool
 
-    def reserve(self, invoice_uuid: str, account: str, parsed: ParsedInvoice) -> tuple[Decision, datetime | None]:
+    def reserve(
+        self,
+        invoice_uuid: str,
+        account: str,
+        parsed: ParsedInvoice,
+        evidence_sha256: str | None = None,
+        reconciliation_status: str | None = None,
+    ) -> tuple[Decision, datetime | None]:
         """Decide and record the revision for this content. Returns the decision and its reservation time.
 
         The reservation time is the `occurred_at` of every event of the revision, so a re-emission is
@@ -58,7 +72,7 @@ class Ledger:
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cloudbill.ingester.{invoice_uuid}",))
             latest = self._latest(conn, invoice_uuid)
-            d = decide(latest, parsed.csv_sha256, parsed.parser_version)
+            d = decide(latest, parsed.csv_sha256, parsed.parser_version, evidence_sha256)
             if d.action == "skip":
                 return d, None
             if d.action == "reemit":
@@ -73,8 +87,9 @@ class Ledger:
             t = parsed.totals
             row = conn.execute(
                 "INSERT INTO ingester.invoice_revisions (invoice_uuid, revision, account, csv_sha256, parser_version,"
-                " line_count, currency, amount_net_minor, amount_tax_minor, amount_gross_minor, state, reserved_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', date_trunc('milliseconds', now()))"
+                " line_count, currency, amount_net_minor, amount_tax_minor, amount_gross_minor, state, reserved_at,"
+                " evidence_sha256, reconciliation_status)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', date_trunc('milliseconds', now()), %s, %s)"
                 " RETURNING reserved_at",
                 (
                     invoice_uuid,
@@ -87,6 +102,8 @@ class Ledger:
                     t.net_minor,
                     t.tax_minor,
                     t.gross_minor,
+                    evidence_sha256,
+                    reconciliation_status,
                 ),
             ).fetchone()
             assert row is not None
@@ -102,7 +119,7 @@ class Ledger:
             )
             return cur.rowcount == 1
 
-    def revisions(self, invoice_uuid: str) -> list[dict]:
+    def revisions(self, invoice_uuid: str) -> list[dict[str, Any]]:
         """Every revision of an invoice, oldest first (for operators and tests)."""
         with self.pool.connection() as conn:
             return conn.execute(
@@ -110,10 +127,96 @@ class Ledger:
             ).fetchall()
 
     @staticmethod
-    def _latest(conn, invoice_uuid: str) -> LedgerEntry | None:
+    def _latest(conn: DictConnection, invoice_uuid: str) -> LedgerEntry | None:
         r = conn.execute(
-            "SELECT invoice_uuid, revision, csv_sha256, parser_version, state, reserved_at"
+            "SELECT invoice_uuid, revision, csv_sha256, parser_version, state, reserved_at, evidence_sha256"
             " FROM ingester.invoice_revisions WHERE invoice_uuid = %s ORDER BY revision DESC LIMIT 1",
             (invoice_uuid,),
         ).fetchone()
         return LedgerEntry(**r) if r else None
+
+    # ------------------------------------------------------------------------------ money gates: holds
+    def remember(self, account: str, discovered: InvoiceDiscovered) -> None:
+        """The invoice's latest discovery: what an automatic or admin re-fetch runs again."""
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO ingester.invoices (invoice_uuid, account, discovered) VALUES (%s, %s, %s)"
+                " ON CONFLICT (invoice_uuid) DO UPDATE SET account = EXCLUDED.account,"
+                " discovered = EXCLUDED.discovered, updated_at = now()",
+                (discovered.invoice_uuid, account, Jsonb(discovered.model_dump(mode="json"))),
+            )
+
+    def last_discovery(self, invoice_uuid: str) -> tuple[str, InvoiceDiscovered] | None:
+        with self.pool.connection() as conn:
+            r = conn.execute(
+                "SELECT account, discovered FROM ingester.invoices WHERE invoice_uuid = %s", (invoice_uuid,)
+            ).fetchone()
+        return (r["account"], InvoiceDiscovered.model_validate(r["discovered"])) if r else None
+
+    def settle(
+        self, invoice_uuid: str, outcome: Outcome, *, revision: int | None, reason: str, policy: RefetchPolicy
+    ) -> Hold | None:
+        """Apply one fetch's outcome to the invoice's hold (domain.next_hold, the database's clock)."""
+        with self.pool.connection() as conn, conn.transaction():
+            r = conn.execute(
+                "SELECT held_revision, held_since, hold_reason, refetch_attempts, next_refetch_at, now() AS now"
+                " FROM ingester.invoices WHERE invoice_uuid = %s FOR UPDATE",
+                (invoice_uuid,),
+            ).fetchone()
+            if r is None:
+                return None
+            current = _hold(r)
+            new = next_hold(current, outcome, revision=revision, reason=reason, now=r["now"], policy=policy)
+            if new == current:
+                return new
+            conn.execute(
+                "UPDATE ingester.invoices SET held_revision = %s, held_since = %s, hold_reason = %s,"
+                " refetch_attempts = %s, next_refetch_at = %s, updated_at = now() WHERE invoice_uuid = %s",
+                (
+                    new.revision if new else None,
+                    new.since if new else None,
+                    new.reason if new else None,
+                    new.attempts if new else 0,
+                    new.next_at if new else None,
+                    invoice_uuid,
+                ),
+            )
+            return new
+
+    def hold(self, invoice_uuid: str) -> Hold | None:
+        with self.pool.connection() as conn:
+            r = conn.execute(
+                "SELECT held_revision, held_since, hold_reason, refetch_attempts, next_refetch_at"
+                " FROM ingester.invoices WHERE invoice_uuid = %s",
+                (invoice_uuid,),
+            ).fetchone()
+        return _hold(r) if r else None
+
+    def claim_due_refetches(self, policy: RefetchPolicy, limit: int = 50) -> list[tuple[str, str, int]]:
+        """Held invoices whose re-fetch is due, as (invoice uuid, account, attempt), leased so that several
+        replicas never ask twice at once; the fetch's outcome (`settle`) then sets the real next time."""
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT invoice_uuid, account, refetch_attempts FROM ingester.invoices"
+                " WHERE next_refetch_at <= now() ORDER BY next_refetch_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (limit,),
+            ).fetchall()
+            out = []
+            for r in rows:
+                attempt = r["refetch_attempts"] + 1
+                lease = timedelta(seconds=policy.delay(attempt + 1))
+                conn.execute(
+                    "UPDATE ingester.invoices SET next_refetch_at = now() + %s, updated_at = now()"
+                    " WHERE invoice_uuid = %s",
+                    (lease, r["invoice_uuid"]),
+                )
+                out.append((r["invoice_uuid"], r["account"], attempt))
+            return out
+
+
+def _hold(r: dict[str, Any]) -> Hold | None:
+    if r["held_revision"] is None:
+        return None
+    return Hold(
+        r["held_revision"], r["held_since"], r["hold_reason"] or "", r["refetch_attempts"], r["next_refetch_at"]
+    )

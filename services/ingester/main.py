@@ -1,7 +1,8 @@
 """`cloudbill run ingester`: invoice-discovered → invoice CSV → cost lines + end marker, transactionally.
 
 Thin wiring only: migrate the `ingester` schema, create topics, one DigitalOcean client per configured
-account, the ledger, and a TransactionalProcessor running `IngestHandler` until stop/SIGTERM.
+account, the ledger, a TransactionalProcessor running `IngestHandler` until stop/SIGTERM, and beside it the
+held invoices' re-fetch clock (services/ingester/refetch.py).
 """
 
 from __future__ import annotations
@@ -10,14 +11,36 @@ import logging
 
 from services.ingester.handlers import SERVICE, IngestHandler
 from services.ingester.ledger import Ledger
+from services.ingester.refetch import RefetchClock
 from shared import metrics
 from shared.db import make_pool, migrate
-from shared.digitalocean import DigitalOceanClient
+from shared.digitalocean import DigitalOceanClient, interruptible_sleep
 from shared.kafka import StopSignal, TransactionalProcessor, create_topics
 from shared.settings import Settings
-from shared.topics import INVOICE_DISCOVERED, group_id
+from shared.topics import INVOICE_DISCOVERED, group_id, retry_topic
 
 log = logging.getLogger(__name__)
+
+
+def do_clients(settings: Settings, stop: StopSignal) -> dict[str, DigitalOceanClient]:
+    """One DigitalOcean client per account, made for a consumer: its retry waits end at once on SIGTERM, and a
+    record's calls (at most three: invoice list, summary, CSV), retries and waits included, stay under half of
+    max.poll.interval.ms however DigitalOcean answers, so the group never evicts the ingester mid-record."""
+    budget = min(settings.digitalocean_retry_budget_s, settings.kafka_max_poll_interval_ms / 1000 / 6)
+    return {
+        a.name: DigitalOceanClient(
+            a.api_url or settings.digitalocean_api_url,
+            a.token,
+            per_page=settings.digitalocean_per_page,
+            max_retries=settings.digitalocean_max_retries,
+            timeout_s=min(settings.digitalocean_timeout_s, budget / 2),
+            retry_budget_s=budget,
+            min_wait_s=settings.retry_min_s,
+            sleep=interruptible_sleep(stop),
+            service=SERVICE,
+        )
+        for a in settings.accounts()
+    }
 
 
 def run(settings: Settings, stop: StopSignal | None = None) -> None:
@@ -27,22 +50,13 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
     create_topics(settings)
     metrics.serve(settings.metrics_port)
 
-    clients = {
-        a.name: DigitalOceanClient(
-            settings.digitalocean_api_url,
-            a.token,
-            per_page=settings.digitalocean_per_page,
-            max_retries=settings.digitalocean_max_retries,
-            timeout_s=settings.digitalocean_timeout_s,
-            service=SERVICE,
-        )
-        for a in settings.accounts()
-    }
+    clients = do_clients(settings, stop)
     if not clients:
         log.warning("no DigitalOcean account configured: every invoice will be dead-lettered (unknown account)")
     pool = make_pool(settings, name=SERVICE)
     try:
-        handler = IngestHandler(settings, Ledger(pool), clients.get, known_accounts=sorted(clients))
+        ledger = Ledger(pool)
+        handler = IngestHandler(settings, ledger, clients.get, known_accounts=sorted(clients))
         processor = TransactionalProcessor(
             settings,
             service=SERVICE,
@@ -51,8 +65,15 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
             transform=handler.transform,
             after_commit=handler.after_commit,
             stop=stop,
+            retry_topic=retry_topic(settings, SERVICE),
         )
-        processor.run()
+        clock = RefetchClock(settings, ledger, handler.policy, stop)
+        clock_thread = clock.start()
+        try:
+            processor.run()
+        finally:
+            stop.set()
+            clock_thread.join(15)
         log.info("ingester stopped after %d record(s), %d dead-lettered", processor.processed, processor.dead_lettered)
     finally:
         pool.close()

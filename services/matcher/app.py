@@ -1,19 +1,28 @@
-"""The matcher's faust app: inventory GlobalTable, revision-assembly Table, two agents. Adapters only.
+"""The matcher's faust app: inventory GlobalTable, three assembly tables, two agents. Adapters only.
 
-- `inventory` agent: cloud.resources → GlobalTable `inventory` (key = resource key, tombstone deletes).
+- `inventory` agent: cloud.resources → GlobalTable `inventory` (key = resource key; a history record, exists=False, stays; a tombstone deletes).
   Every worker reads every partition of its changelog (lines are keyed by invoice, resources by resource:
   they are not co-partitioned), and keeps a local (account, kind, name) index fed from the table's
   changelog events and from its own writes.
 - `lines` agent: billing.cost-lines → one CostLineMatched per line, and InvoiceCompleted once a revision's
-  marker and all its lines are in (state in the Table `assembly`, keyed by invoice uuid, changelog-backed).
+  marker and all its lines are in. The state is per-line facts, a completed record per revision and a
+  waiting record per invoice (tables `line-facts`, `revisions-completed`, `revisions-waiting`); why that is
+  correct is in services/matcher/assembly.py and docs/architecture.md.
 - Poison records go to the source topic's DLQ with shared.kafka.deadletter's headers; they never crash
   an agent. Anything else an agent raises (the broker failing) ends the process (see runtime.py).
 
-faust guards (the brief's faust notes): concurrency 1 per agent, at-least-once with deterministic event
-ids (not `exactly_once`), `producer_max_batch_size` 1 by default (table recovery on the embedded broker
-needs exact changelog end offsets), raw key/value serializers on every Kafka topic we share with the
-other services, topics never declared by faust (we create them, changelogs with the source's partition
-count), no web server unless a port is configured, in-memory store by default.
+faust guards (docs/architecture.md, Matcher): concurrency 1 per agent, at-least-once with deterministic event
+ids (not `exactly_once`), raw key/value serializers on every Kafka topic we share with the other services,
+topics never declared by faust (we create them, changelogs with the source's partition count), no web
+server unless a port is configured, in-memory store by default. The producer batches on both brokers: on the
+embedded broker, whose latest-offset answer is too low for batched changelogs, table recovery reads the
+changelogs' ends from the fetch side (faust_patches 6) instead of needing one-record batches.
+
+Tables keep faust's default `recovery_buffer_size`. With 1, faust 0.15.3 *resumes the active changelog
+partitions after recovery* (`Recovery._restart_recovery`, "the specific scenario where recovery_buffer=1")
+and applies the worker's own changelog records back to its live tables, behind its writes: an older value
+replaced a newer one. That was the lost-lines defect of the per-invoice read-modify-write assembly (traced:
+the value with 405 lines written, changelog offsets 32..35 re-applied, the next line wrote 37 lines).
 """
 
 from __future__ import annotations
@@ -26,63 +35,43 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import NewTopic
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it, but not explicitly
+from prometheus_client import Gauge
 
-from services.matcher import handlers
+from services.matcher import assembly, faust_patches, handlers
+from services.matcher.assembly import Completed, LineFact, Waiting
 from services.matcher.matching import InventoryEntry, InventoryIndex
+from services.matcher.options import (
+    COMPLETED_TABLE,
+    FACTS_TABLE,
+    INVENTORY_TABLE,
+    SERVICE,
+    WAITING_TABLE,
+    MatcherOptions,
+    app_id_of,
+    changelog_topic_names,
+)
 from services.matcher.runtime import SupervisedApp
-from shared.kafka.admin import admin, group_lag
+from shared.kafka.admin import admin, ensure_topics, group_lag, high_watermarks
 from shared.kafka.deadletter import dead_letter
 from shared.kafka.records import Out, Record
 from shared.settings import Settings
-from shared.topics import COST_LINES, COST_LINES_MATCHED, INVOICE_COMPLETED, RESOURCES, group_id
+from shared.topics import COST_LINES, COST_LINES_MATCHED, INVOICE_COMPLETED, RESOURCES
 
 log = logging.getLogger(__name__)
 
-SERVICE = "matcher"
-INVENTORY_TABLE = "inventory"
-ASSEMBLY_TABLE = "assembly"
-
-
-class MatcherOptions(BaseSettings):
-    """faust-specific knobs (environment `MATCHER_*`); the broker and topics come from Settings."""
-
-    model_config = SettingsConfigDict(env_prefix="MATCHER_", env_file=(".env",), extra="ignore")
-
-    group_suffix: str = Field(
-        "", description="Appended to the consumer group (= faust app id): a fresh group replays every topic."
-    )
-    store: str = Field("memory://", description="faust table store URL (memory:// or rocksdb://).")
-    datadir: str = Field("", description="faust data dir (rocksdb files); default: a folder in the temp dir.")
-    web_port: int = Field(0, ge=0, description="faust web server port; 0 disables the web server.")
-    web_bind: str = Field("127.0.0.1", description="faust web server bind address (when enabled).")
-    producer_max_batch_size: int = Field(
-        1, ge=1, description="1 on the embedded broker: table recovery needs exact changelog end offsets."
-    )
-    commit_interval_s: float = Field(1.0, gt=0, description="faust offset commit interval.")
-    stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")
-    inventory_catchup_timeout_s: float = Field(
-        30.0, ge=0, description="At start, lines wait at most this long for the inventory backlog to be read."
-    )
-    stall_timeout_s: float = Field(
-        60.0, ge=0, description="Records pending but none processed for this long: end the worker (0: never)."
-    )
+WAITING = Gauge(
+    "cloudbill_matcher_revisions_waiting", "Invoice revisions whose end marker was read while lines were missing"
+)
+WAITING_AGE = Gauge(
+    "cloudbill_matcher_oldest_waiting_revision_age_seconds",
+    "Age of the oldest waiting revision's end marker (0: none waits)",
+)
 
 
 def broker_url(bootstrap: str) -> str:
     """`host1:9092,host2:9092` → faust's `kafka://host1:9092;kafka://host2:9092`."""
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
-
-
-def app_id_of(settings: Settings, options: MatcherOptions) -> str:
-    """The faust app id is the consumer group: `shared.topics.group_id` (prefix included) + optional suffix."""
-    return group_id(settings, SERVICE) + options.group_suffix
-
-
-def changelog_topic_names(app_id: str) -> list[str]:
-    return [f"{app_id}-{INVENTORY_TABLE}-changelog", f"{app_id}-{ASSEMBLY_TABLE}-changelog"]
 
 
 def create_changelog_topics(settings: Settings, app_id: str, timeout: float = 30.0) -> None:
@@ -91,27 +80,19 @@ def create_changelog_topics(settings: Settings, app_id: str, timeout: float = 30
     faust must not create them (the embedded broker would auto-create 4 partitions, and faust refuses a
     table whose changelog and source differ in partitions).
     """
-    client = admin(settings)
     names = changelog_topic_names(app_id)
-    md = client.list_topics(timeout=timeout)
-    missing = [n for n in names if n not in md.topics]
-    if missing:
-        cfg = {"cleanup.policy": "compact"}
-        futs = client.create_topics(
-            [NewTopic(n, settings.kafka_partitions, settings.kafka_replication_factor, config=cfg) for n in missing],
-            operation_timeout=timeout,
-        )
-        for name, fut in futs.items():
-            try:
-                fut.result()
-            except Exception as e:
-                if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
-                    raise
-            log.info("created changelog topic %s", name)
-    md = client.list_topics(timeout=timeout)
+    cfg = {"cleanup.policy": "compact"}
+    created = ensure_topics(
+        settings,
+        [NewTopic(n, settings.kafka_partitions, settings.kafka_replication_factor, config=cfg) for n in names],
+        timeout,
+    )
+    for name in (n for n, state in created.items() if state == "created"):
+        log.info("created changelog topic %s", name)
+    md = admin(settings).list_topics(timeout=timeout)
     p = settings.kafka_topic_prefix
-    sources = {RESOURCES.name(p): names[0], COST_LINES.name(p): names[1]}
-    for source, changelog in sources.items():
+    sources = [(RESOURCES.name(p), names[0])] + [(COST_LINES.name(p), n) for n in names[1:]]
+    for source, changelog in sources:
         ns, nc = len(md.topics[source].partitions), len(md.topics[changelog].partitions)
         if ns != nc:
             raise RuntimeError(f"changelog {changelog} has {nc} partitions but its source {source} has {ns}")
@@ -266,7 +247,7 @@ def create_app(
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        producer_max_batch_size=options.producer_max_batch_size,
+        producer_max_batch_size=options.producer_max_batch_size or None,
         producer_acks=-1,
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
@@ -277,6 +258,9 @@ def create_app(
         web_host=options.web_bind,
     )
 
+    if settings.kafka_broker_flavor == "embedded":
+        # Its ListOffsets answer is too low for batched changelogs: recovery reads to the fetch-side end.
+        faust_patches.use_fetch_side_end_offsets(app, lambda topic: high_watermarks(settings, topic))
     topics: dict[str, Any] = {}
 
     def topic(name: str) -> Any:
@@ -298,22 +282,39 @@ def create_app(
         else:
             index.upsert(InventoryEntry.from_dict(event.value))
 
-    table_opts = {
-        "partitions": settings.kafka_partitions,
-        "key_type": str,  # tables serialize keys and values as JSON (faust's table default)
-        "recovery_buffer_size": 1,
-    }
-    # GlobalTable applies standby changes one by one already (standby_buffer_size=1).
-    inventory = app.GlobalTable(INVENTORY_TABLE, on_changelog_event=on_inventory_changelog, **table_opts)
-    assembly = app.Table(ASSEMBLY_TABLE, standby_buffer_size=1, **table_opts)
+    # keys and values: JSON (tables)
+    partitions: dict[str, Any] = {"partitions": settings.kafka_partitions, "key_type": str}
+    # Not recovery_buffer_size=1: faust would then read our own changelogs back over live values (docstring).
+    # GlobalTable applies standby changes one by one already (faust sets standby_buffer_size=1).
+    inventory = app.GlobalTable(INVENTORY_TABLE, on_changelog_event=on_inventory_changelog, **partitions)
+    facts_table = app.Table(FACTS_TABLE, **partitions)
+    completed_table = app.Table(COMPLETED_TABLE, **partitions)
+    waiting_table = app.Table(WAITING_TABLE, **partitions)
 
-    async def send(outs: Iterable[Out]) -> None:
+    class Tables:
+        """The assembly state as handlers read it (handlers.AssemblyTables)."""
+
+        def completed(self, revision_key: str) -> Completed | None:
+            return Completed.from_json(completed_table.get(revision_key))
+
+        def fact(self, fact_key: str) -> LineFact | None:
+            v = facts_table.get(fact_key)
+            return None if v is None else LineFact.from_json(v)
+
+        def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
+            return assembly.waiting_from_json(waiting_table.get(invoice_uuid))
+
+    tables = Tables()
+
+    def send(outs: Iterable[Out]) -> None:
+        """Into faust's producer buffer, like table writes: no await per record, and a failed delivery fails
+        the next offset commit (faust_patches 2), so the records that produced it are processed again."""
         for o in outs:
             headers = [(k, v.encode()) for k, v in o.headers.items()]
-            await topic(o.topic).send(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
+            topic(o.topic).send_soon(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
 
-    async def dead_letter_record(rec: Record, error: Exception) -> None:
-        await send([dead_letter(rec, error, SERVICE)])
+    def dead_letter_record(rec: Record, error: Exception) -> None:
+        send([dead_letter(rec, error, SERVICE)])
 
     @app.agent(resources_topic, name="inventory", concurrency=1)
     async def inventory_agent(stream: Any) -> None:
@@ -322,7 +323,7 @@ def create_app(
             try:
                 change = handlers.resource_change(rec)
             except Exception as e:  # poison: never blocks the partition
-                await dead_letter_record(rec, e)
+                dead_letter_record(rec, e)
             else:
                 if change.entry is None:
                     if change.resource_key in inventory:
@@ -337,6 +338,27 @@ def create_app(
         name = resources_topic.get_topic_name()
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == name}
 
+    async def apply(step: handlers.Step) -> None:
+        """A cost-lines record's effects, in handlers.Step's order. One await: the completed record's delivery."""
+        send(step.outs)
+        for key, fact in step.facts.items():
+            facts_table[key] = fact
+        if step.completed is not None:
+            key, value = step.completed
+            completed_table[key] = value
+            # Durable before any fact is deleted: a crash must never leave facts gone and no completion.
+            await app.producer.buffer.flush()
+        for key in step.delete_facts:
+            if key in facts_table:
+                del facts_table[key]
+        if step.waiting is not None:
+            waiting_key, waiting = step.waiting
+            if waiting is not None:
+                waiting_table[waiting_key] = waiting
+                log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", waiting_key, waiting)
+            elif waiting_key in waiting_table:
+                del waiting_table[waiting_key]
+
     @app.agent(lines_topic, name="lines", concurrency=1)
     async def lines_agent(stream: Any) -> None:
         async for event in stream.events():
@@ -346,18 +368,32 @@ def create_app(
                 step = handlers.cost_line_record(
                     rec,
                     index,
-                    state_of=lambda invoice: assembly.get(invoice),
+                    tables,
                     matched_topic=matched_topic.get_topic_name(),
                     completed_topic=completed_topic.get_topic_name(),
                 )
             except Exception as e:  # poison: never blocks the partition
-                await dead_letter_record(rec, e)
+                dead_letter_record(rec, e)
                 continue
-            await send(step.outs)
-            assembly[step.invoice_uuid] = step.state
+            await apply(step)
             progress.processed()
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]  # faust's timer decorator is unannotated
+    async def waiting_metrics() -> None:
+        """Waiting revisions as Prometheus gauges (the table holds only this worker's partitions)."""
+        now_ms = int(time.time() * 1000)
+        since = [
+            w.since_ms or now_ms for v in list(waiting_table.values()) for w in assembly.waiting_from_json(v).values()
+        ]
+        WAITING.set(len(since))
+        WAITING_AGE.set(max(0, now_ms - min(since)) / 1000 if since else 0)
 
     progress = watch or ProgressWatch(0)
 
-    log.debug("agents: %s, %s", inventory_agent.name, lines_agent.name)  # registered on the app
+    # mode's handler type (positional sender, keyword-only `signal`) rejects a handler taking them as **kwargs.
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def ready(app: Any, **kwargs: Any) -> None:
+        progress.processed()  # a worker that (re)joined and recovered has progressed: the stall clock restarts
+
+    log.debug("agents: %s, %s; timer %s", inventory_agent.name, lines_agent.name, waiting_metrics)  # registered
     return app

@@ -9,8 +9,11 @@ DigitalOcean product shows up as a visible gap instead of a wrong match.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+from shared.tax import DEFAULT_RULE, TAX_PRODUCTS
 
 # Kinds the poller inventories (Resource.kind) and the two the matcher knows but never finds in the inventory.
 INVENTORIED_KINDS = frozenset(
@@ -25,12 +28,13 @@ INVENTORIED_KINDS = frozenset(
         "floating_ip",
         "reserved_ip",
         "registry",
+        "gpu_droplet",
     }
 )
 KIND_SPACES = "spaces"
 KIND_TAX = "tax"
 
-Reason = Literal["tax_line", "kind_not_inventoried", "description_not_understood", "unknown_product"]
+Reason = Literal["tax_line", "kind_not_inventoried", "description_not_understood", "unknown_product", "account_level"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,6 @@ class NotExtracted:
 
 Extraction = Extracted | NotExtracted
 
-_TAX_WORDS = ("gst", "tax")
 # `name (slug)` possibly followed by a size such as `100GB` / `2.5 GB` / `1TiB` (volumes, snapshots).
 _SIZE_RE = re.compile(r"(?:^|\s+)\d+(?:\.\d+)?\s?[KMGTP]i?B$", re.IGNORECASE)
 _IP_RE = re.compile(
@@ -64,9 +67,8 @@ _BARE_IP_RE = re.compile(r"^(?:\d{1,3}\.){3}\d{1,3}$|^[0-9a-f:]*:[0-9a-f:]+$", r
 
 
 def is_tax_description(description: str) -> bool:
-    """The brief's tax rule: a description containing "gst" or "tax", any case."""
-    d = description.lower()
-    return any(w in d for w in _TAX_WORDS)
+    """A tax named as a word in the description: the one rule, shared/tax.py (the parser applies it too)."""
+    return DEFAULT_RULE.names_tax(description)
 
 
 def split_name_and_paren(text: str) -> tuple[str, str | None]:
@@ -140,7 +142,23 @@ def _registry(description: str) -> Extraction:
 
 
 def _spaces(_group: str, _description: str) -> Extraction:
-    return NotExtracted("kind_not_inventoried", KIND_SPACES, "Spaces buckets are not in the v2 REST API")
+    return NotExtracted(
+        "kind_not_inventoried",
+        KIND_SPACES,
+        "Spaces buckets are listed only through the S3-compatible API (needs Spaces keys), not the v2 REST API",
+    )
+
+
+def _gpu_droplet(group: str, description: str) -> Extraction:
+    return _named("gpu_droplet", description, "gpu_droplet_name_size", "gpu_droplet_name")
+
+
+def _not_inventoried(kind: str, why: str) -> Callable[[str, str], Extraction]:
+    return lambda _g, _d: NotExtracted("kind_not_inventoried", kind, why)
+
+
+def _account_level(kind: str, why: str) -> Callable[[str, str], Extraction]:
+    return lambda _g, _d: NotExtracted("account_level", kind, why)
 
 
 def _product_key(product: str) -> str:
@@ -164,11 +182,23 @@ _RULES = {
     "volume snapshots": lambda g, d: _named("snapshot", d, "snapshot_name_region_size", "snapshot_name"),
     "backups": lambda g, d: _named("droplet", d, "backup_of_droplet", "backup_of_droplet"),
     "droplet backups": lambda g, d: _named("droplet", d, "backup_of_droplet", "backup_of_droplet"),
+    "database clusters": lambda g, d: _named("database", d, "database_name_size", "database_name"),
+    "gpu droplets": _gpu_droplet,
+    "kubernetes node pools": _kubernetes,
     "floating ips": lambda g, d: _ip("floating_ip", d),
     "reserved ips": lambda g, d: _ip("reserved_ip", d),
     "container registry": lambda g, d: _registry(d),
     "spaces subscription": _spaces,
     "spaces": _spaces,
+    "functions": _not_inventoried("function", "Functions namespaces are not inventoried (the line names no resource)"),
+    "monitoring": _account_level("monitoring", "Monitoring alerts are billed to the account, not to a resource"),
+    "uptime": _not_inventoried("uptime_check", "Uptime checks are not inventoried (/v2/uptime/checks is not listed)"),
+    "uptime checks": _not_inventoried("uptime_check", "Uptime checks are not inventoried (/v2/uptime/checks)"),
+    "bandwidth": _account_level("bandwidth", "Outbound transfer overage is pooled per account"),
+    "outbound data transfer": _account_level("bandwidth", "Outbound transfer overage is pooled per account"),
+    "credits": _account_level("credit", "A credit applies to the account"),
+    "credit": _account_level("credit", "A credit applies to the account"),
+    "promo credit": _account_level("credit", "A credit applies to the account"),
 }
 
 
@@ -176,12 +206,18 @@ def known_products() -> frozenset[str]:
     return frozenset(_RULES) | {"taxes"}
 
 
-def extract(product: str, group_description: str, description: str, *, is_tax: bool = False) -> Extraction:
-    """(product, group_description, description) → the resource the row is about, or why there is none."""
+def extract(product: str, group_description: str, description: str, *, is_tax: bool | None = None) -> Extraction:
+    """(product, group_description, description) → the resource the row is about, or why there is none.
+
+    Tax or not is the one rule of shared/tax.py: a cost line carries the ingester's decision (`is_tax`, made
+    with the configured tax names), which the matcher follows so its reason and the invoice's tax total never
+    disagree; without it the rule is applied here with the default names.
+    """
     group = (group_description or "").strip()
     desc = (description or "").strip()
     key = _product_key(product or "")
-    if key == "taxes" or is_tax or (not key and is_tax_description(desc)):
+    tax = is_tax if is_tax is not None else DEFAULT_RULE.is_tax(product or "", desc)
+    if tax or key in TAX_PRODUCTS:
         return NotExtracted("tax_line", KIND_TAX)
     rule = _RULES.get(key)
     if rule is None:

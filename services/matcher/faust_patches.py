@@ -1,4 +1,4 @@
-"""Five fixes for faust-streaming 0.15.3's at-least-once processing, applied at import.
+"""Six fixes for faust-streaming 0.15.3's at-least-once processing, applied at import.
 
 1. Offset gaps (transaction markers). The ingester writes cost lines in transactions, so the topic has a
    control record (invisible to consumers) after every invoice: offset gaps. faust fills gaps with
@@ -34,20 +34,37 @@
    resumes, and the seek is overtaken by the read offsets they leave behind (traced after every SIGKILL
    restart: records yielded before the seek, the rest of the fetch lost). The fix (in
    `on_recovery_completed`, the path every rebalance with tables takes) seeks first, while the stream
-   partitions are still paused, then resumes them.
+   partitions are still paused, then resumes them. aiokafka's `seek_to_committed` does not seek a partition
+   whose committed offset is 0 or absent, so those are sought to the start explicitly: after `cloudbill
+   replay matcher --from-beginning` (offsets 0, tables kept, so recovery reads changelogs) the records
+   fetched during recovery were otherwise skipped and the worker sat idle with everything unprocessed
+   (traced: position 3, read offset 0, nothing delivered; 3 replays in 5).
 
 5. Read committed records only. faust reads `read_committed` only under its `exactly_once` guarantee,
    which we do not use (see app.py). The ingester writes an invoice's lines in one transaction; on Apache
    Kafka a read_uncommitted matcher would enrich the lines of an aborted transaction, and if the invoice
    then changed before the retry, it would publish enrichments of a revision that never existed. The
-   embedded broker shows aborted records either way (the brief's broker notes); there the ingester's
+   embedded broker shows aborted records either way (docs/architecture.md, Brokers); there the ingester's
    identical re-sends make them harmless duplicates.
+
+6. Table recovery reads changelogs to their true end (embedded broker). Recovery ends when it reaches the
+   changelog's end offset as the broker's ListOffsets answers it; the embedded broker answers the last
+   batch's first offset + 1 (measured: 1 for a 100-record batch), so a batched changelog was recovered up to
+   its last batch only, and the state of lines already committed was gone. The fix takes the end read from the
+   fetch side (`shared.kafka.admin.high_watermarks`) when the app provides it (`use_fetch_side_end_offsets`,
+   on the embedded broker), so the producer batches there too; without it, one-record batches were needed.
+
+Re-checked on Apache Kafka 4.4 (tests/unit/matcher/test_matcher_faust_patches.py and the matcher's
+integration tests run on both brokers): transaction markers and aborted transactions leave offset gaps there
+too (1), and 2, 3, 4 and 5 do not depend on the broker. 6 is not needed there (ListOffsets is exact) and not
+applied.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import faust
@@ -57,12 +74,14 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 PATCHED_FOR = "0.15.3"  # the patches replace private faust code: re-check each one before moving the pin
 _PATCHED = "_cloudbill_patched"
 _DELIVERIES = "_cloudbill_deliveries"
 _FETCHED = "_cloudbill_fetched"
 _DROPPED = "_cloudbill_dropped"
+_END_OFFSETS = "_cloudbill_end_offsets"
 
 
 class ChangelogNotDelivered(RuntimeError):
@@ -73,17 +92,17 @@ class Deliveries:
     """Messages put into one producer buffer and not yet delivered, and failures not yet reported."""
 
     def __init__(self) -> None:
-        self.pending: set[asyncio.Future] = set()
+        self.pending: set[asyncio.Future[Any]] = set()
         self.failed: list[BaseException] = []
 
-    def track(self, fut: asyncio.Future) -> None:
+    def track(self, fut: asyncio.Future[Any]) -> None:
         self.pending.add(fut)
         fut.add_done_callback(self._done)
 
-    def _done(self, fut: asyncio.Future) -> None:
+    def _done(self, fut: asyncio.Future[Any]) -> None:
         self.pending.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            self.failed.append(fut.exception())  # reported by the next flush (and so retrieved)
+        if not fut.cancelled() and (exc := fut.exception()) is not None:
+            self.failed.append(exc)  # reported by the next flush (and so retrieved)
 
     async def wait(self) -> None:
         """Until everything tracked so far is delivered; raises if anything failed since the last wait."""
@@ -99,7 +118,8 @@ def _attached(obj: Any, key: str, make: Callable[[], T]) -> T:
     """State this module keeps on a faust object, created on first use."""
     if key not in obj.__dict__:
         obj.__dict__[key] = make()
-    return obj.__dict__[key]
+    value: T = obj.__dict__[key]
+    return value
 
 
 def deliveries(buffer: Any) -> Deliveries:
@@ -127,6 +147,11 @@ def unprocessed_floor(consumer: Any, tp: Any) -> int | None:
     acked = consumer._acked_index[tp]
     pending = [o for o in offsets if o not in acked]
     return min(pending) if pending else None
+
+
+def use_fetch_side_end_offsets(app: Any, end_offsets: Callable[[str], Mapping[int, int]]) -> None:
+    """Table recovery of `app` reads each changelog to `end_offsets(topic)` ({partition: next offset}) at least."""
+    app.__dict__[_END_OFFSETS] = end_offsets
 
 
 def apply(version: str = faust.__version__) -> None:
@@ -218,6 +243,12 @@ def apply(version: str = faust.__version__) -> None:
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            # aiokafka's seek_to_committed skips a committed offset of 0 (a group rewound to the start) and a
+            # partition with none: seek those to the start, or records fetched during recovery stay skipped.
+            read = consumer._read_offset
+            start = {tp: 0 for tp in assignment if not self._is_changelog_tp(tp) and not read.get(tp)}
+            if start:
+                await self._wait(consumer.seek_wait(start), timeout=app.conf.broker_request_timeout)
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
         self.completed.set()
         app.flow_control.resume()
@@ -228,6 +259,25 @@ def apply(version: str = faust.__version__) -> None:
             self.tables.on_standbys_ready()
         app.on_rebalance_end()
         self.log.info("Worker ready")
+        log.info("worker ready: %d partition(s) assigned", len(assignment))  # faust's own logs are WARNING+
+
+    original_build_highwaters = Recovery._build_highwaters
+
+    async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await original_build_highwaters(self, consumer, tps, destination, title)
+        end_offsets = self.app.__dict__.get(_END_OFFSETS)
+        if end_offsets is None:
+            return
+        loop = asyncio.get_running_loop()
+        topics = sorted({tp.topic for tp in tps})
+        # A blocking client: off the event loop, the topics at once (each read costs a probe consumer).
+        ends = await asyncio.gather(*(loop.run_in_executor(None, end_offsets, t) for t in topics))
+        for topic, end in zip(topics, ends, strict=True):
+            for tp in tps:
+                if tp.topic == topic and tp.partition in end:
+                    # faust keeps the last offset (end - 1); the broker's answer is never above the truth.
+                    destination[tp] = max(destination[tp], end[tp.partition] - 1)
+        self.log.info("%s changelog ends read from the fetch side: %s", title, dict(destination))
 
     original_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
 
@@ -243,6 +293,7 @@ def apply(version: str = faust.__version__) -> None:
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     Recovery.on_recovery_completed = on_recovery_completed
+    Recovery._build_highwaters = _build_highwaters
     Consumer.__init__ = __init__
     Consumer._new_offset = _new_offset
     Consumer.on_partitions_revoked = on_partitions_revoked

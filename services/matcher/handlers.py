@@ -1,4 +1,4 @@
-"""Message → domain → outputs, for both matcher inputs. No faust here: the app only moves bytes.
+"""Message → domain → outputs and table changes, for both matcher inputs. No faust here: the app moves bytes.
 
 Any exception raised here means the record itself cannot be processed (undecodable, wrong type,
 invalid): the app dead-letters it and goes on.
@@ -6,11 +6,12 @@ invalid): the app dead-letters it and goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from services.matcher import assembly
+from services.matcher.assembly import Completed, LineFact, Waiting
 from services.matcher.matching import InventoryEntry, InventoryIndex, match_line
 from shared.events import CostLine, EventDecodeError, InvoiceEnd, Resource, decode, encode
 from shared.kafka.records import Out, Record
@@ -19,16 +20,31 @@ from shared.kafka.records import Out, Record
 @dataclass(frozen=True)
 class ResourceChange:
     resource_key: str
-    entry: InventoryEntry | None  # None: the resource is gone (tombstone)
+    entry: InventoryEntry | None  # None: a tombstone (forgotten); a gone resource is an entry with exists=False
+
+
+class AssemblyTables(Protocol):
+    """Read access to the assembly state (faust tables in the app, dicts in tests)."""
+
+    def completed(self, revision_key: str) -> Completed | None: ...
+    def fact(self, fact_key: str) -> LineFact | None: ...
+    def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]: ...
 
 
 @dataclass
 class Step:
-    """What one cost-lines record produces: records to send, then the invoice's new assembly state."""
+    """What one cost-lines record does, applied by the app in this order:
+
+    1. send `outs`; 2. set `facts`; 3. set `completed`, then wait until it is durable;
+    4. delete `delete_facts`; 5. set `waiting` (None value: delete the key).
+    """
 
     invoice_uuid: str
-    state: dict[str, Any]
     outs: list[Out] = field(default_factory=list)
+    facts: dict[str, list[int]] = field(default_factory=dict)
+    completed: tuple[str, dict[str, Any]] | None = None
+    delete_facts: list[str] = field(default_factory=list)
+    waiting: tuple[str, dict[str, Any] | None] | None = None
 
 
 def resource_change(rec: Record) -> ResourceChange:
@@ -45,26 +61,45 @@ def resource_change(rec: Record) -> ResourceChange:
 def cost_line_record(
     rec: Record,
     inventory: InventoryIndex,
+    tables: AssemblyTables,
     *,
-    state_of: Callable[[str], Mapping[str, Any] | None],
     matched_topic: str,
     completed_topic: str,
 ) -> Step:
-    """A CostLine is enriched and recorded; an InvoiceEnd is recorded; either may complete its revision."""
+    """A CostLine is enriched and its fact recorded; an InvoiceEnd may complete its revision.
+
+    Outputs carry their input's `occurred_at` (their `event_id` is deterministic already): a record processed
+    again after a crash or a rebalance produces byte-identical outputs, so a duplicate is a true duplicate.
+    """
     env, data = decode(rec.value)
     if isinstance(data, CostLine):
-        state = assembly.InvoiceState.from_dict(state_of(data.invoice_uuid))
         enriched = match_line(data, env.account, inventory)
-        outs = [Out(matched_topic, data.invoice_uuid, encode(enriched, env.account))]
-        done = assembly.on_line(state, data, enriched.resource_id is not None, rec.offset)
-        invoice = data.invoice_uuid
-    elif isinstance(data, InvoiceEnd):
-        state = assembly.InvoiceState.from_dict(state_of(data.invoice_uuid))
-        outs = []
-        done = assembly.on_end(state, data, rec.offset)
-        invoice = data.invoice_uuid
-    else:
-        raise EventDecodeError(f"unexpected event type {env.type!r} on the cost-lines topic")
-    if done is not None:
-        outs.append(Out(completed_topic, invoice, encode(done, env.account)))
-    return Step(invoice, state.to_dict(), outs)
+        step = Step(
+            data.invoice_uuid, [Out(matched_topic, data.invoice_uuid, encode(enriched, env.account, env.occurred_at))]
+        )
+        done = tables.completed(assembly.revision_key(data.invoice_uuid, data.revision))
+        if assembly.record_line(done, rec.offset):
+            # `matched` counts toward the completion's matched_count: the seed's figure, lines of current resources.
+            fact = LineFact(enriched.still_exists is True, data.amount_minor, data.is_tax)
+            step.facts[assembly.fact_key(data.invoice_uuid, data.revision, data.line_index)] = fact.to_json()
+        return step
+    if isinstance(data, InvoiceEnd):
+        inv = data.invoice_uuid
+        m = assembly.on_marker(
+            data,
+            rec.offset,
+            completed=tables.completed(assembly.revision_key(inv, data.revision)),
+            fact=lambda rev, i: tables.fact(assembly.fact_key(inv, rev, i)),
+            waiting=tables.waiting(inv),
+            since_ms=rec.timestamp_ms,
+        )
+        step = Step(inv)
+        if m.emit is not None:
+            step.outs.append(Out(completed_topic, inv, encode(m.emit, env.account, env.occurred_at)))
+        if m.completed is not None:
+            step.completed = (assembly.revision_key(inv, data.revision), m.completed.to_json())
+        step.delete_facts = [assembly.fact_key(inv, rev, i) for rev, i in m.delete_facts]
+        if m.waiting is not None:
+            step.waiting = (inv, assembly.waiting_to_json(m.waiting))
+        return step
+    raise EventDecodeError(f"unexpected event type {env.type!r} on the cost-lines topic")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -9,15 +10,15 @@ from collections.abc import Callable
 
 from services.matcher.app import (
     InventoryGate,
-    MatcherOptions,
     ProgressWatch,
-    app_id_of,
     create_app,
     create_changelog_topics,
     inventory_targets,
     liveness_probe,
 )
+from services.matcher.options import MatcherOptions, app_id_of
 from services.matcher.runtime import SupervisedApp, WorkerCrashed, WorkerStopTimeout, run_worker
+from shared import metrics
 from shared.kafka import StopSignal, create_topics
 from shared.settings import Settings
 
@@ -36,6 +37,8 @@ def run(settings: Settings, stop: StopSignal | None = None, options: MatcherOpti
     as_process = stop is None
     if stop is None:
         stop = StopSignal().install()
+        metrics.serve(settings.metrics_port)  # a process only: tests run several matchers in one
+        faulthandler.enable()  # a crash in a native client (librdkafka, aiokafka's codecs) leaves a traceback
     options = options or MatcherOptions()
     create_topics(settings)
     app_id = app_id_of(settings, options)

@@ -1,4 +1,4 @@
-"""Pure poller logic: DigitalOcean JSON → typed events, invoice periods, resource identity, tombstones.
+"""Pure poller logic: DigitalOcean JSON → typed events, invoice periods, resource identity, resources gone (history records).
 
 No I/O here. Every event's data is built only from what DigitalOcean returned (never the poll time), so
 polling unchanged data again yields the same deterministic event ids.
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from shared.digitalocean import invoice_listing
 from shared.events import Balance, BillingHistoryEntry, InvoiceDiscovered, Resource
-from shared.money import parse_minor
+from shared.money import MoneyError, money_from_json
 
 # The inventory first: invoices discovered by the history poll are ingested and matched right away, and
 # a cost line is matched against the inventory the matcher holds at that moment.
@@ -60,14 +61,10 @@ def parse_time(value: Any, what: str = "date") -> datetime:
 
 
 def _minor(raw: Mapping[str, Any], field: str, currency: str) -> int:
-    value = raw.get(field)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)  # DigitalOcean sends strings; tolerate a JSON number without going through float
-    if not isinstance(value, str):
-        raise BadEntry(f"{field} missing or not a string: {value!r}")
+    """A money field: a string as DigitalOcean sends it, or an exact JSON number (never a float)."""
     try:
-        return parse_minor(value, currency)
-    except ValueError as e:
+        return money_from_json(raw.get(field), currency, what=field)
+    except MoneyError as e:
         raise BadEntry(f"{field}: {e}") from None
 
 
@@ -139,7 +136,9 @@ def invoice_period(entry: BillingHistoryEntry, listing_period: str | None = None
     )
 
 
-def invoice_discovered(entry: BillingHistoryEntry, listing_period: str | None = None) -> InvoiceDiscovered:
+def invoice_discovered(
+    entry: BillingHistoryEntry, listing_period: str | None = None, listed_amount_minor: int | None = None
+) -> InvoiceDiscovered:
     if not entry.invoice_uuid:
         raise BadEntry(f"Invoice entry without invoice_uuid ({entry.description!r}, {entry.date.date()})")
     return InvoiceDiscovered(
@@ -150,17 +149,13 @@ def invoice_discovered(entry: BillingHistoryEntry, listing_period: str | None = 
         amount_minor=entry.amount_minor,
         currency=entry.currency,
         date=entry.date,
+        listed_amount_minor=listed_amount_minor,
     )
 
 
 def listing_periods(invoices: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """invoice uuid → invoice_period from the /invoices listing."""
-    out: dict[str, str] = {}
-    for inv in invoices:
-        uuid, period = inv.get("invoice_uuid"), inv.get("invoice_period")
-        if isinstance(uuid, str) and isinstance(period, str):
-            out[uuid] = period
-    return out
+    return {u: x.period for u, x in invoice_listing(invoices).items() if x.period is not None}
 
 
 # ---------------------------------------------------------------------------------------------- resources
@@ -216,7 +211,8 @@ def resource_from(kind: str, raw: Mapping[str, Any]) -> Resource:
     if rid is None or rid == "":
         raise BadEntry(f"{kind} without an id")
     if kind == "app":
-        spec = raw.get("spec") if isinstance(raw.get("spec"), Mapping) else {}
+        raw_spec = raw.get("spec")
+        spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, Mapping) else {}
         name = spec.get("name") or raw.get("name")
         region = _region(raw.get("region")) or _region(spec.get("region"))
         attrs = _pick(raw, "tier_slug", "created_at")
@@ -230,7 +226,7 @@ def resource_from(kind: str, raw: Mapping[str, Any]) -> Resource:
 
 
 def _attributes(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    if kind == "droplet":
+    if kind in ("droplet", "gpu_droplet"):
         return _pick(raw, "size_slug", "tags", "created_at")
     if kind == "volume":
         return _pick(raw, "size_gigabytes", "tags", "created_at")
@@ -248,6 +244,27 @@ def _attributes(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "snapshot":
         return _pick(raw, "resource_type", "resource_id", "size_gigabytes", "created_at")
     return {}
+
+
+@dataclass(frozen=True)
+class Known:
+    """A resource the previous syncs listed (the poller's store): its last record and when it was seen."""
+
+    name: str
+    first_seen: datetime
+    last_seen: datetime
+    resource: Mapping[str, Any] | None = None  # the last Resource data sent (None: stored before history)
+
+
+def gone_record(kind: str, resource_id: str, known: Known) -> Resource:
+    """The history record of a resource no longer listed: its last known data, `exists=False`, seen times.
+
+    Built from stored data only (never the clock), so sending it twice sends the same event."""
+    base: dict[str, Any] = dict(known.resource or {})
+    base.update(kind=kind, resource_id=resource_id)
+    base.setdefault("name", known.name)
+    base.update(exists=False, first_seen=known.first_seen, last_seen=known.last_seen)
+    return Resource.model_validate(base)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.digitalocean import RESOURCE_KINDS, DigitalOceanClient, DigitalOceanError, DigitalOceanNotFound
+from shared.digitalocean import (
+    RESOURCE_KINDS,
+    DigitalOceanClient,
+    DigitalOceanError,
+    DigitalOceanNotFound,
+    invoice_listing,
+)
 from shared.events import EventData, Resource, encode, event_id_for
 from shared.kafka import Out
 from shared.topics import BALANCE, HISTORY, INVOICE_DISCOVERED, RESOURCES
@@ -44,20 +50,26 @@ def poll_balance(client: DigitalOceanClient, account: str, prefix: str, currency
 
 
 def poll_history(client: DigitalOceanClient, account: str, prefix: str, currency: str) -> PollOutput:
-    """Every billing-history entry → HISTORY; every Invoice entry also → INVOICE_DISCOVERED (key: uuid)."""
+    """Every billing-history entry → HISTORY; every Invoice entry also → INVOICE_DISCOVERED (key: uuid).
+
+    The /invoices listing gives each invoice's period and the amount the ingester reconciles against.
+    """
     try:
-        periods = domain.listing_periods(client.invoices())
+        listing = invoice_listing(client.invoices(), currency)
     except DigitalOceanNotFound:
         log.warning("account %s: no /invoices listing; invoice periods derived from the history", account)
-        periods = {}
+        listing = {}
     out = PollOutput()
     entries = invoices = 0
     bad: list[str] = []
     for raw in client.billing_history():
         try:
             entry = domain.history_entry(raw, currency)
+            listed = listing.get(entry.invoice_uuid or "")
             discovered = (
-                domain.invoice_discovered(entry, periods.get(entry.invoice_uuid or ""))
+                domain.invoice_discovered(
+                    entry, listed.period if listed else None, listed.amount_minor if listed else None
+                )
                 if domain.is_invoice(entry)
                 else None
             )
@@ -79,10 +91,14 @@ def poll_history(client: DigitalOceanClient, account: str, prefix: str, currency
 
 
 def poll_resources(
-    client: DigitalOceanClient, account: str, prefix: str, previous: Mapping[str, set[str]]
+    client: DigitalOceanClient,
+    account: str,
+    prefix: str,
+    previous: Mapping[str, set[str]] | Mapping[str, Mapping[str, domain.Known]],
 ) -> PollOutput:
-    """One record per listed resource; a tombstone per resource gone since the previous sync, only for
-    kinds whose listing succeeded. All kinds failing is a failed poll (the first error is raised)."""
+    """One record per listed resource; per resource gone since the previous sync, only for kinds whose listing
+    succeeded, a history record (`exists=False`, first/last seen: the matcher still attributes its lines), or a
+    tombstone when nothing is known of it but its id. All kinds failing is a failed poll (the first error)."""
     topic = RESOURCES.name(prefix)
     out = PollOutput()
     failed: dict[str, str] = {}
@@ -117,12 +133,20 @@ def poll_resources(
         for rid, (res, _eid) in sorted(out.inventory[kind].items()):
             out.outs.append(_out(topic, domain.resource_key(account, kind, rid), res, account))
     current = {k: set(v) for k, v in out.inventory.items()}
-    gone = domain.tombstones(previous, current, out.listed_kinds)
+    gone = domain.tombstones({k: set(v) for k, v in previous.items()}, current, out.listed_kinds)
+    tombstoned = 0
     for g in gone:
-        out.outs.append(Out(topic, domain.resource_key(account, g.kind, g.resource_id), None))
+        key = domain.resource_key(account, g.kind, g.resource_id)
+        known = previous[g.kind]
+        if isinstance(known, Mapping) and isinstance(known.get(g.resource_id), domain.Known):
+            out.outs.append(_out(topic, key, domain.gone_record(g.kind, g.resource_id, known[g.resource_id]), account))
+        else:
+            out.outs.append(Out(topic, key, None))
+            tombstoned += 1
     out.detail = {
         "resources": sum(len(v) for v in out.inventory.values()),
-        "tombstones": len(gone),
+        "gone": len(gone),
+        "tombstones": tombstoned,
         "by_kind": {k: len(v) for k, v in sorted(out.inventory.items())},
     }
     if failed:

@@ -13,13 +13,12 @@ DigitalOcean's data only, so the duplicates are recognisable and harmless downst
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.digitalocean import DigitalOceanClient, DigitalOceanError
+from shared.digitalocean import DigitalOceanClient, DigitalOceanError, interruptible_sleep
 from shared.kafka import EventProducer, StopSignal
 from shared.kafka.config import instance_id
 from shared.logging import scrub
@@ -51,32 +50,17 @@ class PollResult:
         return self.status == "failed"
 
 
-class PollInterrupted(Exception):
-    """The service is stopping: a retry wait was cut short and the poll abandoned (the next one redoes it)."""
-
-
-def interruptible_sleep(stop: StopSignal | None) -> Callable[[float], None]:
-    """A retry wait that a SIGTERM ends at once, so a stop never waits out DigitalOcean's backoff."""
-    if stop is None:
-        return time.sleep
-
-    def sleep(seconds: float) -> None:
-        if stop.wait(seconds):
-            raise PollInterrupted("poller stopping: poll abandoned during a retry wait")
-
-    return sleep
-
-
 def default_client_factory(settings: Settings, stop: StopSignal | None = None) -> ClientFactory:
     sleep = interruptible_sleep(stop)
 
     def make(account: DigitalOceanAccount) -> DigitalOceanClient:
         return DigitalOceanClient(
-            settings.digitalocean_api_url,
+            account.api_url or settings.digitalocean_api_url,
             account.token,
             per_page=settings.digitalocean_per_page,
             max_retries=settings.digitalocean_max_retries,
             timeout_s=settings.digitalocean_timeout_s,
+            retry_budget_s=settings.digitalocean_retry_budget_s,
             sleep=sleep,
             service=SERVICE,
         )
@@ -116,12 +100,20 @@ class Poller:
         return chosen
 
     def poll(
-        self, job: str, *, account: str | None = None, tick: datetime | None = None, wait_lock_s: float | None = None
+        self,
+        job: str,
+        *,
+        account: str | None = None,
+        tick: datetime | None = None,
+        wait_lock_s: float | None = None,
+        missed_only: bool = False,
     ) -> list[PollResult]:
         """Run `job` ("balance", "history", "resources" or "all") for each account, one after the other.
 
         `tick`: the cron time of a scheduled run (replicas poll each tick once). `wait_lock_s`: wait that
-        long for another replica's running poll instead of skipping (one-off runs)."""
+        long for another replica's running poll instead of skipping (one-off runs). `missed_only` (the
+        catch-up at start, with the schedule's previous tick): poll only an account whose last success is
+        older than `tick`."""
         jobs = list(JOBS) if job == "all" else [job]
         for j in jobs:
             if j not in JOBS:
@@ -129,11 +121,16 @@ class Poller:
         results = []
         for acc in self.accounts(account):
             for j in jobs:
-                results.append(self._poll_one(j, acc, tick, wait_lock_s))
+                results.append(self._poll_one(j, acc, tick, wait_lock_s, missed_only))
         return results
 
     def _poll_one(
-        self, job: str, account: DigitalOceanAccount, tick: datetime | None, wait_lock_s: float | None
+        self,
+        job: str,
+        account: DigitalOceanAccount,
+        tick: datetime | None,
+        wait_lock_s: float | None,
+        missed_only: bool = False,
     ) -> PollResult:
         name = account.name
         try:
@@ -141,7 +138,13 @@ class Poller:
                 if not got:
                     log.info("%s poll of account %s: another replica is polling it, skipped", job, name)
                     return PollResult(job, name, "skipped", detail={"reason": "locked by another replica"})
-                if not self.store.claim(job, name, tick, self.replica):
+                if missed_only and tick is not None:
+                    missed = self.store.claim_missed(job, name, tick, self.replica)
+                    if missed is None:
+                        log.info("%s poll of account %s: succeeded since the %s tick, no catch-up", job, name, tick)
+                        return PollResult(job, name, "skipped", detail={"reason": "nothing missed"})
+                    log.info("%s poll of account %s: catching up (%s before the %s tick)", job, name, missed, tick)
+                elif not self.store.claim(job, name, tick, self.replica):
                     log.info("%s poll of account %s for %s: already done by another replica", job, name, tick)
                     return PollResult(job, name, "skipped", detail={"reason": "tick already polled"})
                 return self._run_claimed(job, account)
@@ -159,7 +162,7 @@ class Poller:
                 elif job == "history":
                     output = handlers.poll_history(client, name, prefix, currency)
                 else:
-                    output = handlers.poll_resources(client, name, prefix, self.store.previous_inventory(name))
+                    output = handlers.poll_resources(client, name, prefix, self.store.known_inventory(name))
             self.producer.produce_many(output.outs)
             self.producer.flush()
             if job == "resources":

@@ -8,6 +8,8 @@ from typing import Any
 
 from shared.settings import Settings
 
+TRANSACTION_TIMEOUT_S = 30.0  # the broker aborts a transaction left open this long
+
 
 def base_config(settings: Settings, client_id: str) -> dict[str, Any]:
     return {"bootstrap.servers": settings.kafka_bootstrap_servers, "client.id": client_id}
@@ -21,7 +23,7 @@ def producer_config(settings: Settings, client_id: str, transactional_id: str | 
         "compression.type": "none",
     }
     if transactional_id:
-        cfg |= {"transactional.id": transactional_id, "transaction.timeout.ms": 30000}
+        cfg |= {"transactional.id": transactional_id, "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000)}
     return cfg
 
 
@@ -34,6 +36,7 @@ def consumer_config(settings: Settings, group: str, client_id: str, *, read_comm
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,
+        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
         "partition.assignment.strategy": "cooperative-sticky",
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -20,7 +21,7 @@ class DeliveryError(KafkaException):
 
 
 class EventProducer:
-    def __init__(self, settings: Settings, client_id: str, *, config: dict | None = None) -> None:
+    def __init__(self, settings: Settings, client_id: str, *, config: dict[str, Any] | None = None) -> None:
         self._producer = Producer(producer_config(settings, client_id) | (config or {}))
         self._errors: list[KafkaError] = []
         self._closed = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from confluent_kafka import Message
 
@@ -24,12 +25,14 @@ class Record:
         key = msg.key()
         ts_type, ts = msg.timestamp()
         return cls(
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
+            # A consumed message always has its topic, partition and offset (None only on a message not yet produced).
+            topic=cast(str, msg.topic()),
+            partition=cast(int, msg.partition()),
+            offset=cast(int, msg.offset()),
             key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
             value=msg.value(),
-            headers={k: (v or b"") for k, v in (msg.headers() or [])},
+            # A consumed message's headers are a list of (key, bytes or None).
+            headers={k: (v or b"") for k, v in cast("list[tuple[str, bytes | None]]", msg.headers() or [])},
             timestamp_ms=ts if ts_type else None,
         )
 
@@ -50,3 +53,8 @@ class Out:
     key: str | None
     value: bytes | None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def topic_partition(msg: Message) -> tuple[str, int]:
+    """A consumed message's (topic, partition); both are always set on a message a consumer returns."""
+    return cast(str, msg.topic()), cast(int, msg.partition())

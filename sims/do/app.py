@@ -3,7 +3,10 @@
 Pagination, error bodies, string money values, rate-limit headers and the `text/csv` download follow
 /work/shared/reference/digitalocean-billing-api.md. Faults (429, 5xx, slow answers, truncated CSVs) are set
 at start or at runtime through `/_sim/faults`; `/_sim/requests` shows what clients asked and when, so tests
-can check that a client waited as told. `/_sim/*` needs no token and is never faulted.
+can check that a client waited as told. `/_sim/invoices/{uuid}/csv` replaces an invoice's CSV at runtime (a
+revised invoice, or DigitalOcean serving other bytes), its items and summary following. `/_sim/inventory`
+switches between the scenario's current inventory and its past one (`resources_past.json`), so the poller
+sees resources disappear. `/_sim/*` needs no token and is never faulted.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sims.do.faults import DoFaults, FaultState, RateWindow, RequestLog
-from sims.scenario import RESOURCE_LISTINGS, Scenario, ScenarioError, load_scenario
+from sims.scenario import (
+    RESOURCE_LISTINGS,
+    Scenario,
+    ScenarioError,
+    check_csv,
+    items_from_csv,
+    load_scenario,
+    summary_from_items,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +116,32 @@ class SimState:
         self.window = RateWindow(RATE_LIMIT)
         self._balance_lock = threading.Lock()
         self._balance_next = 0
+        self._csv_lock = threading.Lock()
+        self._csv_overrides: dict[str, bytes] = {}
+        self.inventory = "current"  # or "past": the scenario's resources_past.json (an earlier inventory)
+
+    def resources(self) -> dict[str, list[dict[str, Any]]]:
+        """The inventory served now: the scenario's current one, or its past one when selected."""
+        if self.inventory == "past" and self.scenario.resources_past is not None:
+            return self.scenario.resources_past
+        return self.scenario.resources
+
+    def csv_bytes(self, invoice_uuid: str) -> bytes:
+        """The bytes served for an invoice: a runtime replacement, else the scenario file."""
+        with self._csv_lock:
+            data = self._csv_overrides.get(invoice_uuid)
+        return data if data is not None else self.scenario.csv_bytes(invoice_uuid)
+
+    def replace_csv(self, invoice_uuid: str, data: bytes | None) -> None:
+        with self._csv_lock:
+            if data is None:
+                self._csv_overrides.pop(invoice_uuid, None)
+            else:
+                self._csv_overrides[invoice_uuid] = data
+
+    def replaced(self, invoice_uuid: str) -> bytes | None:
+        with self._csv_lock:
+            return self._csv_overrides.get(invoice_uuid)
 
     def next_balance(self) -> dict[str, Any]:
         """The series in turn, then the latest snapshot forever."""
@@ -129,7 +166,7 @@ class SimState:
 
 def _csv_response(state: SimState, invoice_uuid: str, path: str) -> Response:
     sc = state.scenario
-    data = sc.csv_bytes(invoice_uuid)
+    data = state.csv_bytes(invoice_uuid)
     headers = {
         "content-type": "text/csv",
         "content-disposition": f'attachment; filename="{sc.csv_filename(invoice_uuid)}"',
@@ -138,7 +175,9 @@ def _csv_response(state: SimState, invoice_uuid: str, path: str) -> Response:
     if mode is None:
         return Response(data, headers=headers)
     cut = data[: max(1, len(data) // 2)]
-    log.warning("fault: truncating the CSV of %s (%s mode)", invoice_uuid, mode)
+    if mode == "rows":  # stop after the last whole row of the first half: a CSV that still parses
+        cut = cut[: cut.rfind(b"\n") + 1] or cut
+    log.warning("fault: truncating the CSV of %s (%s mode, %d of %d bytes)", invoice_uuid, mode, len(cut), len(data))
     if mode == "connection":
         # Announce the whole file, send half: the server closes the connection mid-body.
         headers["content-length"] = str(len(data))
@@ -170,7 +209,7 @@ def create_app(
         return do_error(400, str(exc))
 
     @app.middleware("http")
-    async def _simulate(request: Request, call_next: Any) -> Response:
+    async def _simulate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         path = request.url.path
         if path.startswith("/_sim"):
             return await call_next(request)
@@ -221,7 +260,9 @@ def create_app(
             if invoice_uuid == "preview":
                 return JSONResponse(paginate(request, "invoice_items", []))
             return do_error(404)
-        return JSONResponse(paginate(request, "invoice_items", sc.items(invoice_uuid)))
+        replaced = state.replaced(invoice_uuid)
+        items = items_from_csv(replaced) if replaced is not None else sc.items(invoice_uuid)
+        return JSONResponse(paginate(request, "invoice_items", items))
 
     @app.get("/v2/customers/my/invoices/{invoice_uuid}/csv")
     async def invoice_csv(invoice_uuid: str, request: Request) -> Response:
@@ -233,6 +274,10 @@ def create_app(
     async def invoice_summary(invoice_uuid: str) -> Response:
         if not sc.has_invoice(invoice_uuid):
             return do_error(404)
+        replaced = state.replaced(invoice_uuid)
+        if replaced is not None and invoice_uuid not in sc.summary_paths:
+            inv = sc.invoice(invoice_uuid) or {"invoice_uuid": invoice_uuid}
+            return JSONResponse(summary_from_items(inv, items_from_csv(replaced)))
         return JSONResponse(sc.summary(invoice_uuid))
 
     @app.get("/v2/customers/my/invoices/{invoice_uuid}/pdf")
@@ -249,9 +294,10 @@ def create_app(
     # ------------------------------------------------------------------------------- resource listings
     def _listing(key: str, paginated: bool) -> Any:
         async def listing(request: Request) -> dict[str, Any]:
-            items = sc.resources.get(key, [])
-            if key == "droplets" and request.query_params.get("type") == "gpus":
-                items = [d for d in items if str(d.get("size_slug", "")).startswith("gpu-")]
+            items = state.resources().get(key, [])
+            if key == "droplets":  # as DigitalOcean: GPU droplets only with type=gpus, and only them then
+                gpus = request.query_params.get("type") == "gpus"
+                items = [d for d in items if str(d.get("size_slug", "")).startswith("gpu-") is gpus]
             if not paginated:
                 return {key: items}
             return paginate(request, key, items)
@@ -264,7 +310,7 @@ def create_app(
 
     @app.get("/v2/registry")
     async def registry() -> Response:
-        regs = sc.resources.get("registries", [])
+        regs = state.resources().get("registries", [])
         return JSONResponse({"registry": regs[0]}) if regs else do_error(404)
 
     # ----------------------------------------------------------------------------------- admin (/_sim)
@@ -296,9 +342,49 @@ def create_app(
         state.requests.clear()
         return {"requests": [], "total": 0}
 
+    @app.put("/_sim/invoices/{invoice_uuid}/csv")
+    async def replace_csv(invoice_uuid: str, request: Request) -> Response:
+        if not sc.has_invoice(invoice_uuid):
+            return do_error(404, f"invoice {invoice_uuid} is not in scenario {sc.name}")
+        data = await request.body()
+        state.replace_csv(invoice_uuid, data)
+        problem = check_csv(data)
+        log.warning(
+            "invoice %s: CSV replaced at runtime (%d bytes)%s",
+            invoice_uuid,
+            len(data),
+            f": {problem}" if problem else "",
+        )
+        return JSONResponse({"invoice_uuid": invoice_uuid, "bytes": len(data), "replaced": True, "warning": problem})
+
+    @app.delete("/_sim/invoices/{invoice_uuid}/csv")
+    async def restore_csv(invoice_uuid: str) -> Response:
+        if not sc.has_invoice(invoice_uuid):
+            return do_error(404, f"invoice {invoice_uuid} is not in scenario {sc.name}")
+        state.replace_csv(invoice_uuid, None)
+        return JSONResponse({"invoice_uuid": invoice_uuid, "bytes": len(sc.csv_bytes(invoice_uuid)), "replaced": False})
+
+    @app.get("/_sim/inventory")
+    async def get_inventory() -> dict[str, Any]:
+        return {"inventory": state.inventory, "has_past": sc.resources_past is not None}
+
+    @app.put("/_sim/inventory")
+    async def set_inventory(request: Request) -> Response:
+        """Serve the past inventory (`resources_past.json`) or the current one: an inventory's history in tests."""
+        body = await request.json()
+        which = body.get("inventory") if isinstance(body, dict) else None
+        if which not in ("past", "current") or (which == "past" and sc.resources_past is None):
+            return JSONResponse(
+                {"id": "bad_request", "message": "inventory must be 'current' or 'past' (with resources_past.json)"},
+                status_code=422,
+            )
+        state.inventory = which
+        log.info("serving the %s inventory", which)
+        return JSONResponse({"inventory": which})
+
     @app.get("/_sim/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "scenario": sc.name, "invoices": len(sc.invoices)}
+        return {"status": "ok", "scenario": sc.name, "invoices": len(sc.invoices), "warnings": sc.warnings}
 
     return app
 

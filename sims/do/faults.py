@@ -31,9 +31,10 @@ class DoFaults(BaseModel):
     server_error_status: int = Field(500, ge=500, le=599, description="Status of injected server errors.")
     slow_ms: int = Field(0, ge=0, description="Delay every matching answer by this many milliseconds.")
     truncate_csv: int = Field(0, ge=0, description="The next N CSV downloads are cut in the middle.")
-    truncate_mode: Literal["body", "connection"] = Field(
+    truncate_mode: Literal["body", "rows", "connection"] = Field(
         "body",
         description="body: a complete HTTP answer whose CSV stops mid-line; "
+        "rows: a complete HTTP answer whose CSV stops after the last whole row before the middle (it still parses); "
         "connection: content-length announces the whole file and the connection closes early.",
     )
     paths: str = Field("/v2/", description="Only requests whose path starts with this prefix are affected.")

@@ -2,7 +2,9 @@
 
 `POST /api/v1/integrations/cloud/import-invoice` checks, in order: injected faults (503/500/slow), the JWT
 (shared secret, pinned algorithm, `exp` required, lifetime <= 300 s: 401), the `admin` role (403), the body
-(422 with every field error), then upserts on (tenant_id, source, external_id): `created` once, `updated`
+(422 with every field error), then honours `Idempotency-Key` as a real service does (the same key with the
+same body: the stored answer again, nothing changes; the same key with another body: 422
+`idempotency_key_reused`), then upserts on (tenant_id, source, external_id): `created` once, `updated`
 after. Data lives in Postgres (schema finance_sim) so it survives restarts. `/api/v1/invoices` and
 `/api/v1/vendors` show what it holds; `/_sim/faults` and `/_sim/calls` are the test hooks.
 """
@@ -10,6 +12,7 @@ after. Data lives in Postgres (schema finance_sim) so it survives restarts. `/ap
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -24,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from shared.auth import RoleError, TokenError, require_role, verify
-from sims.finance.store import FinanceStore
+from shared.events import canonical_json
+from sims.finance.store import FinanceStore, IdempotencyConflict
 from sims.finance.validation import validate_import
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,8 @@ class FinanceFaults(BaseModel):
     unavailable_seconds: float = Field(0, ge=0, description="Import calls answer 503 for this many seconds from now.")
     slow_ms: int = Field(0, ge=0, description="Delay every import call by this many milliseconds.")
     server_errors: int = Field(0, ge=0, description="The next N import calls answer 500.")
+    rate_limited_calls: int = Field(0, ge=0, description="The next N import calls answer 429 with Retry-After.")
+    retry_after_s: int = Field(1, ge=0, description="Seconds in the Retry-After of injected 429s (0 allowed).")
 
 
 class _FaultState:
@@ -51,6 +57,8 @@ class _FaultState:
         self.unavailable_until = 0.0
         self.slow_ms = 0
         self.server_errors = 0
+        self.rate_limited_calls = 0
+        self.retry_after_s = 1
 
     def update(self, f: FinanceFaults, fields: set[str]) -> None:
         with self._lock:
@@ -62,6 +70,10 @@ class _FaultState:
                 self.slow_ms = f.slow_ms
             if "server_errors" in fields:
                 self.server_errors = f.server_errors
+            if "rate_limited_calls" in fields:
+                self.rate_limited_calls = f.rate_limited_calls
+            if "retry_after_s" in fields:
+                self.retry_after_s = f.retry_after_s
 
     def clear(self) -> None:
         self.update(FinanceFaults(), set(FinanceFaults.model_fields))
@@ -73,6 +85,8 @@ class _FaultState:
                 "unavailable_seconds": round(max(0.0, self.unavailable_until - time.monotonic()), 3),
                 "slow_ms": self.slow_ms,
                 "server_errors": self.server_errors,
+                "rate_limited_calls": self.rate_limited_calls,
+                "retry_after_s": self.retry_after_s,
             }
 
     def decide(self) -> tuple[float, int | None]:
@@ -87,6 +101,9 @@ class _FaultState:
             if self.server_errors > 0:
                 self.server_errors -= 1
                 return delay, 500
+            if self.rate_limited_calls > 0:
+                self.rate_limited_calls -= 1
+                return delay, 429
             return delay, None
 
 
@@ -183,6 +200,11 @@ def create_app(
         if fault == 500:
             calls.add(500, "server_error", None, idem)
             return _error(500, "internal_error", "simulated server error")
+        if fault == 429:
+            calls.add(429, "rate_limited", None, idem)
+            resp = _error(429, "rate_limited", "too many requests (simulated)")
+            resp.headers["retry-after"] = str(faults.retry_after_s)
+            return resp
         try:
             claims = _claims(request)
             require_role(claims, WRITE_ROLE)
@@ -202,10 +224,23 @@ def create_app(
         if inv is None:
             calls.add(422, "validation_failed", ext, idem)
             return JSONResponse({"error": "validation_failed", "errors": errors}, status_code=422)
-        result = await run_in_threadpool(store.import_invoice, inv, idem)
-        calls.add(200, result.action, inv.external_id, idem)
-        log.info("import %s %s/%s -> %s", result.action, inv.source, inv.external_id, result.invoice_id)
-        return JSONResponse(
+        body_sha = hashlib.sha256(canonical_json(body).encode()).hexdigest() if idem else None
+        try:
+            result = await run_in_threadpool(store.import_invoice, inv, idem, body_sha)
+        except IdempotencyConflict as e:
+            calls.add(422, "idempotency_conflict", inv.external_id, idem)
+            log.warning("import %s/%s refused: %s", inv.source, inv.external_id, e)
+            return _error(422, "idempotency_key_reused", str(e))
+        calls.add(200, "replayed" if result.replayed else result.action, inv.external_id, idem)
+        log.info(
+            "import %s %s/%s -> %s%s",
+            result.action,
+            inv.source,
+            inv.external_id,
+            result.invoice_id,
+            " (replayed: same Idempotency-Key and body)" if result.replayed else "",
+        )
+        resp = JSONResponse(
             {
                 "action": result.action,
                 "invoice_id": result.invoice_id,
@@ -213,6 +248,9 @@ def create_app(
                 "external_id": inv.external_id,
             }
         )
+        if result.replayed:
+            resp.headers["idempotent-replayed"] = "true"
+        return resp
 
     @app.get("/api/v1/invoices")
     async def list_invoices(

@@ -81,7 +81,7 @@ def _int(body: dict[str, Any], name: str, errs: _Errors, *, minimum: int | None 
     return value
 
 
-def validate_import(body: Any, token_tenant: str) -> tuple[ImportInvoice | None, list[dict[str, str]]]:
+def validate_import(body: Any, token_tenant: str | None) -> tuple[ImportInvoice | None, list[dict[str, str]]]:
     """The parsed invoice, or None and every field error found."""
     errs = _Errors()
     if not isinstance(body, dict):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 from sims.scenario import APRIL_2026_INVOICE_ID, APRIL_2026_INVOICE_UUID
 
@@ -51,6 +52,7 @@ HOURLY = {
     "s-2vcpu-4gb": Decimal("0.03571"),
     "s-4vcpu-8gb": Decimal("0.07143"),
     "c-2": Decimal("0.06250"),
+    "gpu-4000adax1-20gb": Decimal("0.76000"),
 }
 
 
@@ -127,7 +129,8 @@ HISTORIC_DROPLETS = [
     ("ci-runner-0425c", "s-2vcpu-4gb", (25, 3, 33, 27), 11, ""),
     ("ci-runner-0428a", "s-2vcpu-4gb", (28, 6, 47, 50), 19, ""),
     ("loadtest-01", "c-2", (10, 13, 0, 0), 9, ""),
-    ("loadtest-02", "c-2", (10, 13, 0, 4), 9, ""),
+    # Two droplets sharing a name (started 4 s apart): only the items' ids tell them apart.
+    ("loadtest-01", "c-2", (10, 13, 0, 4), 9, ""),
     ("k8s-staging-pool-7x2kq", "s-2vcpu-4gb", (5, 0, 0, 0), 30, "k8s-staging"),
     ("k8s-staging-pool-7x2kr", "s-2vcpu-4gb", (5, 0, 0, 0), 30, "k8s-staging"),
     ("k8s-staging-pool-7x2ks", "s-2vcpu-4gb", (5, 0, 0, 0), 28, "k8s-staging"),
@@ -136,7 +139,8 @@ HISTORIC_DROPLETS = [
     ("staging-api-01", "s-1vcpu-2gb", (1, 0, 0, 0), 96, ""),
     ("migration-test", "s-1vcpu-2gb", (12, 14, 5, 9), 26, ""),
     ("debug-box", "s-1vcpu-1gb", (19, 22, 10, 0), 31, ""),
-    ("pgbench-runner", "s-4vcpu-8gb", (24, 2, 0, 0), 0, ""),  # hours/amount set to close the total
+    # A GPU droplet (listed only with type=gpus); hours/amount set to close the total.
+    ("ml-train-gpu-01", "gpu-4000adax1-20gb", (24, 2, 0, 0), 0, ""),
 ]
 
 MATCHED_TOTAL = Decimal("56.00")
@@ -258,12 +262,12 @@ def april_lines() -> list[Line]:
     # The last historic droplet closes the net total exactly.
     rest = NET_TOTAL - MATCHED_TOTAL - SPACES_TOTAL - sum(x.amount for x in historic[:-1])
     last = historic[-1]
-    hours = int((rest / HOURLY["s-4vcpu-8gb"]).to_integral_value(rounding=ROUND_HALF_UP))
+    hours = int((rest / HOURLY[HISTORIC_DROPLETS[-1][1]]).to_integral_value(rounding=ROUND_HALF_UP))
     assert rest > 0 and hours > 0, rest
     last.amount, last.hours, last.end = rest, hours, last.start + timedelta(hours=hours)
     # Interleave as DigitalOcean does (grouped by product, then by name).
     lines = matched[:3] + sorted(historic, key=lambda x: x.description.lower()) + matched[3:] + spaces
-    net = sum(x.amount for x in lines)
+    net = sum((x.amount for x in lines), Decimal(0))
     assert net == NET_TOTAL, net
     lines.append(gst_line(net, APR_START, APR_END_59))
     assert lines[-1].amount == Decimal("7.90")
@@ -271,10 +275,10 @@ def april_lines() -> list[Line]:
     return lines
 
 
-def april_resources() -> dict[str, list[dict]]:
+def april_resources() -> dict[str, list[dict[str, Any]]]:
     """Current inventory (taken mid-May 2026): what ran all April and survived, plus a few newer things."""
 
-    def droplet(did: int, name: str, size: str, created: str, vcpus: int, mem: int, disk: int) -> dict:
+    def droplet(did: int, name: str, size: str, created: str, vcpus: int, mem: int, disk: int) -> dict[str, Any]:
         return {
             "id": did,
             "name": name,
@@ -395,6 +399,106 @@ def april_resources() -> dict[str, list[dict]]:
     }
 
 
+# ------------------------------------------------------------------------------- April 2026: items and history
+K8S_STAGING_ID = "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b"
+# Invoice items' ids per CSV description (DigitalOcean gives ids on some lines, not on others). The values are
+# (resource_id, resource_uuid). Lines absent here have items without ids.
+ITEM_IDS: dict[str, tuple[str | None, str | None]] = {
+    "web-01 (s-1vcpu-1gb)": ("401112201", str(uuid.uuid5(NS, "droplet:401112201"))),
+    "API-01 (s-1vcpu-2gb)": ("401112202", str(uuid.uuid5(NS, "droplet:401112202"))),
+    "worker-01 (s-1vcpu-1gb)": ("455870113", str(uuid.uuid5(NS, "droplet:455870113"))),
+    # Volumes, databases, load balancers: the uuid is the resource's id; resource_id is an internal number.
+    "vol-data-syd1 (syd1) 50GB": ("61230001", "7c1d6a3e-2b7f-11ef-9a1c-0a58ac14a2b1"),
+    "db-postgresql-syd1-11111 (db-s-1vcpu-1gb)": (None, "9cc10173-e9ea-4176-9dbc-a4cee4c4ff30"),
+    "lb-prod (lb-small)": (None, "4de7ac8b-495b-4884-9a69-1050c6793cd6"),
+    "staging-web-01 (s-1vcpu-1gb)": ("512000010", None),  # known to the history as `staging-web` (renamed)
+    "web-01-old (s-1vcpu-1gb)": ("512000030", None),
+    "debug-box (s-1vcpu-1gb)": ("511000099", None),  # never inventoried: its own id only
+}
+# Node droplets of the deleted k8s-staging cluster: the node's id and the cluster's uuid.
+for _i, _n in enumerate(("7x2kq", "7x2kr", "7x2ks")):
+    ITEM_IDS[f"k8s-staging-pool-{_n} (s-2vcpu-4gb)"] = (str(511500001 + _i), K8S_STAGING_ID)
+for _i, (_name, _size, *_rest) in enumerate(HISTORIC_DROPLETS):
+    if _name.startswith("ci-runner"):  # created and destroyed between two inventory syncs: ids from the items only
+        ITEM_IDS[f"{_name} ({_size})"] = (str(511000001 + _i), str(uuid.uuid5(NS, f"droplet:{_name}")))
+LOADTEST_IDS = ("512000001", "512000002")  # the two `loadtest-01`, in CSV order
+
+
+def april_items(lines: list[Line]) -> list[dict[str, Any]]:
+    """`GET /v2/customers/my/invoices/{uuid}` items of April 2026: the CSV's charges, ids on some, in DigitalOcean's
+    own order (not the CSV's: the ingester joins them by content)."""
+    loadtest = iter(LOADTEST_IDS)
+    items = []
+    for x in lines:
+        rid, ruuid = ITEM_IDS.get(x.description, (None, None))
+        if x.description == "loadtest-01 (c-2)":
+            rid = next(loadtest)
+        item = {
+            "product": x.product,
+            "group_description": x.group_description,
+            "description": x.description,
+            "amount": f"{x.amount.quantize(CENT)}",
+            "duration": "" if x.hours is None else str(x.hours),
+            "duration_unit": "" if x.hours is None else "Hours",
+            "start_time": iso(x.start),
+            "end_time": iso(x.end),
+            "project_name": x.project_name,
+            "category": x.category,
+        }
+        if rid:
+            item["resource_id"] = rid
+        if ruuid:
+            item["resource_uuid"] = ruuid
+        items.append(item)
+    random.Random(17).shuffle(items)
+    return items
+
+
+def april_resources_past() -> dict[str, list[dict[str, Any]]]:
+    """What earlier inventory syncs in April listed (for brevity one file): today's resources that existed then,
+    and droplets destroyed since. Served by the simulator after `PUT /_sim/inventory {"inventory": "past"}`."""
+    now = april_resources()
+    template = now["droplets"][0]
+
+    def gone(did: int, name: str, size: str, created: str) -> dict[str, Any]:
+        return {
+            **template,
+            "id": did,
+            "name": name,
+            "size_slug": size,
+            "created_at": created,
+            "tags": ["ci"],
+            "size": {**template["size"], "slug": size},
+        }
+
+    return {
+        **now,
+        "droplets": [d for d in now["droplets"] if d["name"] != "web-02"]
+        + [
+            gone(512000001, "loadtest-01", "c-2", "2026-04-10T13:00:00Z"),
+            gone(512000002, "loadtest-01", "c-2", "2026-04-10T13:00:04Z"),
+            gone(512000010, "staging-web", "s-1vcpu-1gb", "2026-04-01T00:00:00Z"),  # renamed before destroyed
+            gone(512000011, "staging-api-01", "s-1vcpu-2gb", "2026-04-01T00:00:00Z"),
+            gone(512000012, "migration-test", "s-1vcpu-2gb", "2026-04-12T14:05:09Z"),
+            gone(512000030, "web-01-old", "s-1vcpu-1gb", "2026-03-02T10:00:00Z"),
+            # A GPU droplet: DigitalOcean lists it only under /v2/droplets?type=gpus.
+            gone(512000020, "ml-train-gpu-01", "gpu-4000adax1-20gb", "2026-04-24T02:00:00Z"),
+        ],
+        "kubernetes_clusters": [
+            {
+                "id": K8S_STAGING_ID,
+                "name": "k8s-staging",
+                "region": "syd1",
+                "version": "1.30.4-do.0",
+                "created_at": "2026-04-05T00:00:00Z",
+                "node_pools": [{"id": "np-1", "name": "k8s-staging-pool", "size": "s-2vcpu-4gb", "count": 3}],
+                "tags": [],
+            }
+        ],
+        "snapshots": [],
+    }
+
+
 # ------------------------------------------------------------------------------------------ older months
 def periods() -> list[tuple[int, int]]:
     """2014-11 .. 2026-04 without 2016-02 (an idle month: no usage, no invoice): 137 invoices."""
@@ -508,7 +612,7 @@ def old_lines(rng: random.Random, y: int, m: int) -> list[Line]:
         for x in lines:
             x.category = ""
     if era >= (2017, 7):
-        net = sum(x.amount for x in lines)
+        net = sum((x.amount for x in lines), Decimal(0))
         lines.append(gst_line(net, start, end_59))
     return lines
 
@@ -531,7 +635,7 @@ def build(out: Path = OUT) -> None:
     if out.exists():
         shutil.rmtree(out)
     (out / "invoices").mkdir(parents=True)
-    history: list[dict] = []
+    history: list[dict[str, Any]] = []
     all_periods = periods()
     assert len(all_periods) == 137
     for k, (y, m) in enumerate(all_periods):
@@ -542,7 +646,9 @@ def build(out: Path = OUT) -> None:
             inv_id = str(230_000 + k * 66_000 + rng.randint(0, 999))
             lines, cols = old_lines(rng, y, m), columns_for(y, m)
         write_csv(out / "invoices" / f"{inv_uuid}.csv", lines, cols)
-        total = sum(x.amount for x in lines).quantize(CENT)
+        if inv_uuid == APRIL_2026_INVOICE_UUID:
+            (out / "invoices" / f"{inv_uuid}.json").write_text(json.dumps(april_items(lines), indent=1) + "\n")
+        total = sum((x.amount for x in lines), Decimal(0)).quantize(CENT)
         issued = datetime(y + (m == 12), m % 12 + 1, 1, 8, rng.randint(0, 59), rng.randint(0, 59), tzinfo=UTC)
         month_name = calendar.month_name[m]
         history.append(
@@ -590,6 +696,7 @@ def build(out: Path = OUT) -> None:
     ]
     (out / "balance.json").write_text(json.dumps(balance, indent=1) + "\n")
     (out / "resources.json").write_text(json.dumps(april_resources(), indent=1) + "\n")
+    (out / "resources_past.json").write_text(json.dumps(april_resources_past(), indent=1) + "\n")
     (out / "README.md").write_text(readme(april_lines()))
 
 
@@ -611,6 +718,13 @@ def readme(lines: list[Line]) -> str:
         f"  invoice id `{APRIL_2026_INVOICE_ID}`, dated 2026-05-01, 33 CSV lines totalling $86.92, GST $7.90",
         "  (10% on $79.02).",
         "- `resources.json`: the inventory taken mid-May 2026. `balance.json`: four hourly snapshots of May 2026.",
+        "- `invoices/<April uuid>.json`: the April invoice's items as DigitalOcean serves them (its own order), with",
+        "  resource ids on some lines and none on others (`ITEM_IDS` in the build script).",
+        "- `resources_past.json`: what earlier inventory syncs in April listed (served after `PUT /_sim/inventory",
+        '  {"inventory": "past"}`): droplets destroyed since, one of them renamed (`staging-web`, billed as',
+        "  `staging-web-01`), two sharing the name `loadtest-01`, a GPU droplet (listed only with `type=gpus`) and the",
+        "  deleted Kubernetes cluster `k8s-staging`. A poller that saw it, then the current inventory, keeps them as",
+        '  history (docs/architecture.md, "Exact attribution").',
         "",
         "## April 2026: the 6 lines that match a current resource by (kind, name), case-insensitive",
         "",
@@ -624,7 +738,7 @@ def readme(lines: list[Line]) -> str:
             out.append(f"| {i} | {x.product} | `{x.description}` | {money(x.amount)} | {x.why} |")
     out += [
         "",
-        "## The 27 lines that do not match",
+        "## The 27 lines that do not match by (kind, name) against the current inventory",
         "",
         "| # | product | group | description | amount | why not |",
         "|---|---|---|---|---|---|",

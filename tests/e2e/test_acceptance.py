@@ -70,7 +70,9 @@ def _run_cycle(stack: Stack, timeout: float = 240) -> dict:
 
 
 @pytest.fixture
-def stack_factory(kafka: KafkaUnderTest, postgres_server: str, tmp_path: Path):
+def stack_factory(any_kafka: KafkaUnderTest, postgres_server: str, tmp_path: Path):
+    """Stacks on Apache Kafka and on the embedded broker (what `make demo` uses by default)."""
+    kafka = any_kafka
     stacks: list[Stack] = []
     ports = {"do_port": free_port(), "finance_port": free_port()}
     secrets = {"finance_secret": uuid.uuid4().hex * 2, "api_secret": uuid.uuid4().hex * 2}
@@ -79,6 +81,7 @@ def stack_factory(kafka: KafkaUnderTest, postgres_server: str, tmp_path: Path):
         cfg = StackConfig(
             workdir=tmp_path / f"stack{len(stacks)}",
             kafka_bootstrap=kafka.bootstrap,
+            kafka_flavor=kafka.flavor,
             database_url=database_url,
             topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.",
             api_port=free_port(),
@@ -111,7 +114,7 @@ def test_original_acceptance_end_to_end(stack_factory, database_url: str, postgr
     assert (april["amount_net_minor"], april["amount_tax_minor"], april["amount_gross_minor"]) == (7902, 790, 8692)
     detail_lines = april.get("lines") or []
     assert len(detail_lines) == 33
-    assert sum(1 for line in detail_lines if line["resource_id"]) == 6
+    assert sum(1 for line in detail_lines if line["still_exists"]) == 6  # the seed's figure: current resources
 
     # One finance row, vendor auto-created.
     fin = httpx.Client(base_url=f"http://127.0.0.1:{first.cfg.finance_port}", timeout=10)

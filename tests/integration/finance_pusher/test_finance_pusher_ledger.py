@@ -13,7 +13,7 @@ T0 = datetime(2026, 5, 2, 3, 4, 5, tzinfo=UTC)
 
 def test_ledger_records_pushes_settles_revisions_and_tracks_publication(database_url: str) -> None:
     s = Settings(_env_file=None, database_url=database_url)
-    assert migrate(s, ["finance_pusher"]) == {"finance_pusher": ["001_ledger.sql"]}
+    assert migrate(s, ["finance_pusher"]) == {"finance_pusher": ["001_ledger.sql", "002_money_gates.sql"]}
     assert migrate(s, ["finance_pusher"]) == {"finance_pusher": []}
     pool = make_pool(s)
     try:
@@ -65,3 +65,60 @@ def test_ledger_records_pushes_settles_revisions_and_tracks_publication(database
         assert row == {"finance_invoice_id": "fin-1", "pushed_to_finance_at": T0}
     finally:
         pool.close()
+
+
+def test_holds_are_kept_whole_and_released_once(database_url: str) -> None:
+    migrate(database_url, ["finance_pusher"])
+    pool = make_pool(Settings(_env_file=None, database_url=database_url))
+    try:
+        ledger = Ledger(pool)
+        completion = {"invoice_uuid": "u1", "revision": 2, "amount_gross_minor": 2733}
+        assert ledger.record_hold(invoice_uuid="u1", revision=2, account="acct", completion=completion, reason="short")
+        assert not ledger.record_hold(invoice_uuid="u1", revision=2, account="acct", completion={}, reason="again")
+        hold = ledger.hold("u1", 2)
+        assert hold is not None and (hold.completion, hold.reason, hold.released_at) == (completion, "short", None)
+        assert ledger.latest_revision("u1") == 2 and ledger.latest_revision("nope") is None
+        ledger.mark_released("u1", 2, released_by="ops", reason="credit note", released_at=T0)
+        ledger.mark_released("u1", 2, released_by="someone-else", reason="again", released_at=T0)
+        hold = ledger.hold("u1", 2)
+        assert hold is not None and (hold.released_by, hold.release_reason, hold.released_at) == (
+            "ops",
+            "credit note",
+            T0,
+        )
+        ledger.record_push(
+            invoice_uuid="u1",
+            revision=3,
+            payload_sha256="h3",
+            idempotency_key="k3",
+            finance_invoice_id="fin-1",
+            action="created",
+            account="acct",
+            pushed_at=T0,
+        )
+        assert ledger.latest_revision("u1") == 3
+        assert [h.revision for h in ledger.holds("u1")] == [2]
+    finally:
+        pool.close()
+
+
+def test_the_sender_id_is_one_per_ledger(database_url: str, postgres_server: str) -> None:
+    """Stable for a ledger (a crash re-push reuses its keys), different for another deployment's ledger."""
+    import uuid
+
+    import psycopg
+
+    from shared.devinfra import url_with_database
+
+    other = f"sender_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{other}"')
+    ids = []
+    for url in (database_url, database_url, url_with_database(postgres_server, other)):
+        migrate(url, ["finance_pusher"])
+        pool = make_pool(Settings(_env_file=None, database_url=url))
+        try:
+            ids.append(Ledger(pool).sender_id())
+        finally:
+            pool.close()
+    assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 32

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 
 import httpx
 import psycopg
@@ -18,18 +18,22 @@ from services.finance_pusher.finance_client import FinanceClient
 from services.finance_pusher.handlers import SERVICE, PushHandler
 from services.finance_pusher.ledger import Ledger, PushRecord
 from shared.db import make_pool, migrate
-from shared.events import InvoiceCompleted, InvoicePushed, Reconciliation, decode, encode
+from shared.events import InvoiceCompleted, InvoicePushed, InvoiceReleased, decode, encode
 from shared.kafka import EventProducer, Record, Retryable, StopSignal, group_lag
 from shared.metrics import CONFIG_ERRORS, RETRIES
+from shared.reconciliation import Expected, reconcile
 from shared.settings import Settings
 from shared.topics import INVOICE_COMPLETED, INVOICE_PUSHED, group_id
 from sims.finance.app import create_app
 from sims.scenario import APRIL_2026_INVOICE_ID, APRIL_2026_INVOICE_UUID
 from sims.server import RunningServer, run_in_thread
+from tests.factories import invoice_completed
 from tests.helpers import read_all, wait_until
 
 SECRET = "finance-sim-shared-secret-" + "5f3a9c0e1b2d4f68" * 4
 ACCOUNT = "default"
+APRIL = {"invoice_uuid": APRIL_2026_INVOICE_UUID, "invoice_id": APRIL_2026_INVOICE_ID}  # proven, 33 lines
+T0 = datetime(2026, 5, 2, 9, 0, tzinfo=UTC)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -64,28 +68,11 @@ def pusher(settings: Settings) -> Iterator[None]:
         assert not thread.is_alive(), "the pusher did not stop"
 
 
-def april(revision: int = 1, **kw) -> InvoiceCompleted:
-    fields = {
-        "invoice_uuid": APRIL_2026_INVOICE_UUID,
-        "invoice_id": APRIL_2026_INVOICE_ID,
-        "revision": revision,
-        "period": "2026-04-01",
-        "invoice_date": date(2026, 5, 1),
-        "line_count": 33,
-        "matched_count": 6,
-        "amount_net_minor": 7902,
-        "amount_tax_minor": 790,
-        "amount_gross_minor": 8692,
-        "reconciliation": Reconciliation(status="matched", expected_minor=8692, difference_minor=0),
-    }
-    return InvoiceCompleted(**(fields | kw))
-
-
 def month(i: int) -> InvoiceCompleted:
     """Another monthly invoice (2025-01 + i months), with its own uuid and totals."""
     start = date(2025 + i // 12, i % 12 + 1, 1)
     invoiced = date(start.year + start.month // 12, start.month % 12 + 1, 1)
-    return april(
+    return invoice_completed(
         invoice_uuid=f"00000000-0000-4000-8000-{i:012d}",
         invoice_id=str(9000000 + i),
         period=start.isoformat(),
@@ -137,14 +124,14 @@ def retries(settings: Settings) -> float:
 
 # --------------------------------------------------------------------------------------------- tests
 def test_april_2026_lands_once_unchanged_is_not_resent_and_a_new_revision_is_updated(settings, sim) -> None:
-    """The brief's verification, then the re-run.
+    """The acceptance verification (README), then the re-run.
 
     Delivering the same completion again makes NO call to finance: its payload hashes like the one the
     ledger recorded for this invoice, so the pusher knows finance already has exactly this content. A new
     revision with other totals is pushed, and finance answers "updated": still one row.
     """
     s = configured(settings, sim)
-    produce(s, april())
+    produce(s, invoice_completed(**APRIL))
     with pusher(s):
         first = wait_until(lambda: pushed(s), timeout=30, what="invoice-pushed")
         assert [(e.action, e.revision, e.invoice_uuid) for e in first] == [("created", 1, APRIL_2026_INVOICE_UUID)]
@@ -168,17 +155,22 @@ def test_april_2026_lands_once_unchanged_is_not_resent_and_a_new_revision_is_upd
         calls_before = finance(sim, "/_sim/calls")["total"]
         assert calls_before == 1
 
-        produce(s, april())  # the same completion delivered again
+        produce(s, invoice_completed(**APRIL))  # the same completion delivered again
         wait_until(lambda: caught_up(s), timeout=30, what="redelivery consumed")
         assert finance(sim, "/_sim/calls")["total"] == calls_before
         assert len(pushed(s)) == 1
 
-        produce(s, april(revision=2, amount_net_minor=7802, amount_tax_minor=780, amount_gross_minor=8582))
+        produce(
+            s,
+            invoice_completed(
+                **APRIL, revision=2, amount_net_minor=7802, amount_tax_minor=780, amount_gross_minor=8582
+            ),
+        )
         events = wait_until(lambda: (e := pushed(s)) and len(e) == 2 and e, timeout=30, what="second push")
         assert [e.action for e in events] == ["created", "updated"]
         assert events[1].revision == 2 and events[1].finance_invoice_id == row["id"]
 
-        produce(s, april())  # revision 1 arriving late must not overwrite revision 2
+        produce(s, invoice_completed(**APRIL))  # revision 1 arriving late must not overwrite revision 2
         wait_until(lambda: caught_up(s), timeout=30, what="stale revision consumed")
 
     rows = finance(sim, "/api/v1/invoices")["invoices"]
@@ -279,8 +271,8 @@ def test_without_finance_configuration_idle_says_so_once_then_pushes_everything(
 def test_crash_windows_are_safe_with_the_real_ledger_and_finance(database_url, sim) -> None:
     """The handler against Postgres and the sim, crashing in each window between finance and the commit.
 
-    - After finance accepted but before the ledger write: the redelivered record is pushed again (same
-      Idempotency-Key), finance answers "updated", still one row.
+    - After finance accepted but before the ledger write: the redelivered record is pushed again with the same
+      Idempotency-Key and body; finance replays its first answer ("created"), still one row, unchanged.
     - After the ledger write but before the event was delivered: the redelivery makes no HTTP call and
       re-emits the event recorded in the ledger.
     """
@@ -288,7 +280,9 @@ def test_crash_windows_are_safe_with_the_real_ledger_and_finance(database_url, s
     migrate(s, ["finance_pusher"])
     pool = make_pool(s)
     published: list[InvoicePushed] = []
-    rec = Record("t.billing.invoice-completed.v1", 0, 0, APRIL_2026_INVOICE_UUID, encode(april(), ACCOUNT))
+    rec = Record(
+        "t.billing.invoice-completed.v1", 0, 0, APRIL_2026_INVOICE_UUID, encode(invoice_completed(**APRIL), ACCOUNT)
+    )
     try:
         with FinanceClient.from_settings(s) as client:
             ledger = Ledger(pool)
@@ -308,16 +302,61 @@ def test_crash_windows_are_safe_with_the_real_ledger_and_finance(database_url, s
             with pytest.raises(Retryable, match="not delivered"):
                 PushHandler(s, client, ledger, broker_down)(rec)
             (push,) = ledger.pushes()
-            assert push.action == "updated" and push.published_at is None
+            assert push.action == "created" and push.published_at is None
 
             PushHandler(s, client, ledger, lambda e, a: published.append(e))(rec)
-            assert [e.action for e in published] == ["updated"]
+            assert [e.action for e in published] == ["created"]
             assert ledger.pushes()[0].published_at is not None
     finally:
         pool.close()
     calls = finance(sim, "/_sim/calls")
-    assert calls["by_outcome"] == {"created": 1, "updated": 1}
+    assert calls["by_outcome"] == {"created": 1, "replayed": 1}
     keys = {c["idempotency_key"] for c in calls["calls"]}
-    assert len(keys) == 1  # the same deterministic key both times
+    assert len(keys) == 1  # the same deterministic key both times, with the same body: a replay
     (row,) = finance(sim, "/api/v1/invoices")["invoices"]
-    assert row["update_count"] == 1
+    assert row["update_count"] == 0
+
+
+# ------------------------------------------------------------------------------------------- money gates
+def test_a_content_revert_a_b_a_ends_with_a_in_finance(settings, sim) -> None:
+    """Finance honours Idempotency-Key; revision 3 has A's body again but its own key, so finance takes it."""
+    s = configured(settings, sim)
+    a = invoice_completed(**APRIL, revision=1)
+    b = invoice_completed(**APRIL, revision=2, line_count=34)  # B: one line split in two, same money
+    produce(s, a, b, invoice_completed(**APRIL, revision=3))
+    with pusher(s):
+        wait_until(lambda: len(pushed(s)) == 3, timeout=30, what="A, B and A pushed")
+    (row,) = finance(sim, "/api/v1/invoices")["invoices"]
+    assert (row["lines_count"], row["amount_gross_minor"], row["update_count"]) == (33, 8692, 2)
+    calls = finance(sim, "/_sim/calls")
+    assert calls["by_outcome"] == {"created": 1, "updated": 2}
+    assert len({c["idempotency_key"] for c in calls["calls"]}) == 3
+    assert [p.revision for p in pushed(s)] == [1, 2, 3]
+
+
+def test_a_held_revision_reaches_finance_only_when_released(settings, sim) -> None:
+    s = configured(settings, sim)
+    short = invoice_completed(
+        **APRIL, revision=1, line_count=8, amount_net_minor=2733, amount_tax_minor=0, amount_gross_minor=2733
+    )
+    short = short.model_copy(
+        update={
+            "reconciliation": reconcile(
+                gross_minor=2733, tax_minor=0, csv_currency="USD", expected=Expected("USD", 8692, 8692)
+            )
+        }
+    )
+    produce(s, short)
+    with pusher(s):
+        wait_until(lambda: caught_up(s), timeout=30, what="held revision consumed")
+        assert finance(sim, "/_sim/calls")["total"] == 0 and pushed(s) == []
+        release = InvoiceReleased(
+            invoice_uuid=APRIL_2026_INVOICE_UUID, revision=1, released_by="ops", reason="credit note", released_at=T0
+        )
+        p = EventProducer(s, "admin")
+        p.publish(INVOICE_COMPLETED.name(s.kafka_topic_prefix), APRIL_2026_INVOICE_UUID, release, ACCOUNT)
+        p.close()
+        wait_until(lambda: len(pushed(s)) == 1, timeout=30, what="released revision pushed")
+    (row,) = finance(sim, "/api/v1/invoices")["invoices"]
+    assert (row["amount_gross_minor"], row["lines_count"]) == (2733, 8)
+    assert dead_letters(s) == []

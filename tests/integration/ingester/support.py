@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Producer
 from psycopg.rows import dict_row
 
 from services.ingester.assembly import Assembler
 from shared.events import InvoiceDiscovered, decode, encode
+from shared.kafka.admin import committed_offsets
 from shared.money import parse_minor
 from shared.settings import Settings
 from shared.topics import COST_LINES, INVOICE_DISCOVERED, group_id
@@ -63,10 +63,8 @@ def consumed(settings: Settings) -> int:
     """Records of invoice-discovered whose offsets the ingester group committed (across partitions)."""
     group = group_id(settings, "ingester")
     topic = INVOICE_DISCOVERED.name(settings.kafka_topic_prefix)
-    a = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    req = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(settings.kafka_partitions)])]
-    res = a.list_consumer_group_offsets(req)[group].result()
-    return sum(tp.offset for tp in res.topic_partitions if tp.offset >= 0)
+    offsets = committed_offsets(settings, group, topic, list(range(settings.kafka_partitions)))
+    return sum(o for o in offsets.values() if o >= 0)
 
 
 def assemble(settings: Settings) -> tuple[Assembler, int]:

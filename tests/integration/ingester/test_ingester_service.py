@@ -7,13 +7,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+from psycopg.rows import dict_row
+
 from services.ingester import main
 from services.ingester.csv_parser import PARSER_VERSION, parse_invoice_csv
+from shared.events import InvoiceRefetchRequested, decode
 from shared.kafka import StopSignal
 from shared.kafka.deadletter import H_ERROR_CLASS, H_ERROR_MESSAGE, H_OFFSET, H_TOPIC
 from shared.settings import Settings
 from shared.topics import INVOICE_DISCOVERED
-from sims.scenario import APRIL_2026_INVOICE_UUID
+from sims.scenario import APRIL_2026_INVOICE_UUID, SCENARIOS_DIR
+from sims.server import RunningServer
 from tests.helpers import read_all, wait_until
 from tests.integration.ingester.support import (
     assemble,
@@ -21,6 +26,7 @@ from tests.integration.ingester.support import (
     discovered_events,
     ledger_rows,
     publish,
+    set_faults,
 )
 
 APRIL = APRIL_2026_INVOICE_UUID
@@ -138,3 +144,43 @@ def test_bad_input_goes_to_the_dlq_and_the_next_invoice_is_processed(
         assert [r["invoice_uuid"] for r in ledger_rows(s)] == [next_uuid]
     finally:
         bad_path.write_bytes(original)
+
+
+def test_a_truncated_csv_is_held_and_fetched_again_until_whole(
+    ingester_settings: Settings, do_sim: RunningServer
+) -> None:
+    """The simulator cuts the April CSV after a whole row twice (it parses: only the amounts tell it is short);
+    the ingester holds it, its re-fetch clock asks again with backoff, and the whole CSV releases it."""
+    s = ingester_settings.model_copy(update={"held_refetch_initial_s": 0.5})
+    ev = discovered_events(SCENARIOS_DIR / "april-2026")[APRIL]
+    set_faults(do_sim.url, truncate_csv=2, truncate_mode="rows", paths=f"/v2/customers/my/invoices/{APRIL}/csv")
+    with running(s):
+        publish(s, [ev])
+        wait_until(lambda: assemble(s)[0].current.get(APRIL), timeout=60, what="the short revision")
+        short = assemble(s)[0].current[APRIL]
+        assert short.revision == 1 and short.end.line_count < 33 and short.end.amount_gross_minor < 8692
+        rec = short.end.reconciliation
+        assert (
+            rec.status == "mismatch" and rec.expected_minor == 8692 and rec.actual_minor == short.end.amount_gross_minor
+        )
+        wait_until(
+            lambda: assemble(s)[0].current[APRIL].revision == 2,
+            timeout=60,
+            what="the whole CSV re-fetched (revision 2)",
+        )
+    whole = assemble(s)[0].current[APRIL]
+    assert (whole.end.line_count, whole.end.amount_gross_minor, whole.end.reconciliation.status) == (
+        33,
+        8692,
+        "matched",
+    )
+    requests = [
+        d
+        for r in read_all(s, INVOICE_DISCOVERED.name(s.kafka_topic_prefix))
+        for _, d in [decode(r.value)]
+        if isinstance(d, InvoiceRefetchRequested)
+    ]
+    assert [r.attempt for r in requests][:2] == [1, 2] and {r.requested_by for r in requests} == {"ingester"}
+    with psycopg.connect(s.database_url, row_factory=dict_row) as conn:
+        row = conn.execute("SELECT held_revision FROM ingester.invoices WHERE invoice_uuid = %s", (APRIL,)).fetchone()
+    assert row["held_revision"] is None

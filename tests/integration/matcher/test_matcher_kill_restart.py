@@ -12,11 +12,11 @@ from shared.events import CostLineMatched, InvoiceCompleted, Resource
 from shared.kafka import group_lag
 from shared.settings import Settings
 from shared.topics import COST_LINES, COST_LINES_MATCHED, INVOICE_COMPLETED, RESOURCES, group_id
+from tests.factories import cost_line, invoice_end
 from tests.helpers import ServiceProcess, read_all, wait_until
-from tests.integration.matcher.matcher_fixtures import (
-    end_of,
+from tests.integration.matcher.support import (
+    MARKER,
     events_of,
-    line,
     publish_invoice,
     publish_resources,
     publish_tombstone,
@@ -28,7 +28,7 @@ N = 40
 
 def _lines() -> list:
     # Even lines name an existing droplet (node-0..node-9), odd lines a gone one: matches in every segment.
-    return [line(INV, i, "Droplets", f"{_name(i)} (s-1vcpu-1gb)", 100 + i) for i in range(N)]
+    return [cost_line(i, 100 + i, invoice_uuid=INV, droplet=_name(i)) for i in range(N)]
 
 
 def _name(i: int) -> str:
@@ -51,14 +51,14 @@ def _diagnosis(s: Settings, workers: list[ServiceProcess]) -> str:
     lags = group_lag(s, group_id(s, SERVICE), [COST_LINES.name(p), RESOURCES.name(p)])
     states = [
         r.value.decode(errors="replace")[:1500]
-        for r in read_all(s, f"{group_id(s, SERVICE)}-assembly-changelog", committed_only=False)
+        for r in read_all(s, f"{group_id(s, SERVICE)}-revisions-waiting-changelog", committed_only=False)
         if r.value and INV in (r.key or "")
     ]
     codes = [w.proc.poll() if w.proc else None for w in workers]  # all workers append to one log file
     logs = workers[-1].log()[-6000:]
     return (
         f"enriched lines: {seen}\nlag: {[(pl.topic, pl.partition, pl.committed, pl.high, pl.lag) for pl in lags]}\n"
-        f"assembly changelog ({len(states)} values for the invoice), last: {states[-1:]}\nexit codes {codes}; log:\n{logs}"
+        f"waiting record ({len(states)} values for the invoice), last: {states[-1:]}\nexit codes {codes}; log:\n{logs}"
     )
 
 
@@ -94,7 +94,7 @@ def test_sigkill_mid_invoice_then_restart_loses_nothing_and_completes_once(
     finally:
         first.kill()
     assert first.proc is not None and first.proc.returncode == -9
-    publish_invoice(s, [*lines[30:], end_of(INV, lines)])
+    publish_invoice(s, [*lines[30:], invoice_end(lines, invoice_uuid=INV, **MARKER)])
 
     # Restarted as a supervisor (compose's restart policy, `cloudbill dev up`) would: a worker that ends
     # itself (exit 70: its stall watchdog saw records waiting and no progress) is started again.

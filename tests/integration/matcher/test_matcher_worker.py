@@ -6,10 +6,13 @@ import socket
 from collections import Counter
 from datetime import UTC, datetime
 
+import pytest
+
 from services.ingester.csv_parser import parse_invoice_csv
 from services.ingester.domain import build_events
 from services.matcher.app import SERVICE
 from services.poller.domain import resource_from
+from shared.devinfra import free_port
 from shared.digitalocean import RESOURCE_ENDPOINTS
 from shared.events import CostLineMatched, InvoiceCompleted, InvoiceDiscovered, Resource
 from shared.kafka import EventProducer, Out
@@ -17,11 +20,11 @@ from shared.kafka import deadletter as dl
 from shared.settings import Settings
 from shared.topics import COST_LINES, COST_LINES_MATCHED, INVOICE_COMPLETED, RESOURCES
 from sims.scenario import APRIL_2026_INVOICE_UUID, load_scenario
+from tests.factories import cost_line, invoice_end
 from tests.helpers import read_all
-from tests.integration.matcher.matcher_fixtures import (
-    end_of,
+from tests.integration.matcher.support import (
+    MARKER,
     events_of,
-    line,
     matcher_thread,
     publish_invoice,
     publish_resources,
@@ -31,7 +34,7 @@ from tests.integration.matcher.matcher_fixtures import (
 
 def _scenario_resources() -> list[Resource]:
     scenario = load_scenario("april-2026")
-    kinds = {ep.key: kind for kind, ep in RESOURCE_ENDPOINTS.items()}
+    kinds = {ep.key: kind for kind, ep in RESOURCE_ENDPOINTS.items() if not ep.params}  # not type=gpus
     return [resource_from(kinds[listing], raw) for listing, items in scenario.resources.items() for raw in items]
 
 
@@ -110,12 +113,12 @@ def test_replay_after_a_resource_is_added_matches_the_line(kafka_settings: Setti
     inv = "11111111-2222-4333-8444-555555555555"
     publish_resources(s, [Resource(kind="droplet", resource_id="10", name="web-01")])
     lines = [
-        line(inv, 0, "Droplets", "web-01 (s-1vcpu-1gb)", 600),
-        line(inv, 1, "Droplets", "batch-07 (s-2vcpu-4gb)", 1200),
-        line(inv, 2, "Taxes", "GST (10%)", 180),
+        cost_line(0, 600, invoice_uuid=inv, droplet="web-01"),
+        cost_line(1, 1200, invoice_uuid=inv, product="Droplets", description="batch-07 (s-2vcpu-4gb)"),
+        cost_line(2, 180, invoice_uuid=inv, is_tax=True),
     ]
-    publish_invoice(s, [*lines, end_of(inv, lines)])
-    port = _free_port()
+    publish_invoice(s, [*lines, invoice_end(lines, invoice_uuid=inv, **MARKER)])
+    port = free_port()
     with matcher_thread(s, web_port=port) as m:
         m.until(lambda: _completed(s), what="first completion")
         with socket.create_connection(("127.0.0.1", port), timeout=2):
@@ -140,7 +143,78 @@ def test_replay_after_a_resource_is_added_matches_the_line(kafka_settings: Setti
     assert sorted(ids.values()) == [2, 2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def test_a_revision_with_a_line_missing_waits_visibly_until_a_new_revision_completes(
+    kafka_settings: Settings,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from cloudbill.status import collect
+    from services.matcher.options import waiting_revisions
+
+    s = kafka_settings
+    inv = "22222222-3333-4444-8555-666666666666"
+    lines = [cost_line(i, 100 + i, invoice_uuid=inv, droplet=f"gone-{i}") for i in range(4)]
+    end = invoice_end(lines, invoice_uuid=inv, **MARKER)
+    publish_invoice(s, [lines[0], lines[1], lines[3], end])  # line 2 never arrives (poison upstream)
+    with matcher_thread(s) as m:
+        m.until(lambda: waiting_revisions(s), what="the revision listed as waiting")
+        [w] = waiting_revisions(s)
+        assert (w.invoice_uuid, w.revision, w.line_count, w.missing) == (inv, 1, 4, 1)
+        [shown] = collect(s)["waiting"]
+        assert shown["invoice_uuid"] == inv and shown["missing"] == 1 and shown["age_s"] >= 0
+        m.until(lambda: REGISTRY.get_sample_value("cloudbill_matcher_revisions_waiting") == 1, what="the waiting gauge")
+        assert REGISTRY.get_sample_value("cloudbill_matcher_oldest_waiting_revision_age_seconds") >= 0
+        assert _completed(s) == []
+        # The invoice is ingested again, whole, as revision 2: it completes and revision 1 stops waiting.
+        rev2 = [cost_line(i, 100 + i, invoice_uuid=inv, revision=2, droplet=f"gone-{i}") for i in range(4)]
+        publish_invoice(s, [*rev2, invoice_end(rev2, invoice_uuid=inv, revision=2, **MARKER)])
+        m.until(lambda: _completed(s), what="revision 2 completed")
+        m.until(lambda: not waiting_revisions(s), what="nothing waiting")
+        m.until(lambda: REGISTRY.get_sample_value("cloudbill_matcher_revisions_waiting") == 0, what="gauge at 0")
+    [(_, done)] = _completed(s)
+    assert (done.revision, done.line_count, done.amount_gross_minor) == (2, 4, sum(x.amount_minor for x in lines))
+
+
+@pytest.mark.apache_kafka
+def test_replay_matcher_from_the_beginning_keeps_the_tables_and_re_matches(kafka_settings: Settings) -> None:
+    """`cloudbill replay matcher --from-beginning` on Apache Kafka: same group, tables recovered, group rewound."""
+    import subprocess
+    import sys
+
+    from tests.helpers import settings_env
+
+    s = kafka_settings
+    fixed, same = "33333333-4444-4555-8666-777777777777", "44444444-5555-4666-8777-888888888888"
+    publish_resources(s, [Resource(kind="droplet", resource_id="10", name="web-01")])
+    a = [
+        cost_line(0, 600, invoice_uuid=fixed, droplet="web-01"),
+        cost_line(1, 1200, invoice_uuid=fixed, product="Droplets", description="batch-07 (s)"),
+    ]
+    b = [cost_line(0, 300, invoice_uuid=same, droplet="web-01")]
+    publish_invoice(
+        s, [*a, invoice_end(a, invoice_uuid=fixed, **MARKER), *b, invoice_end(b, invoice_uuid=same, **MARKER)]
+    )
+    with matcher_thread(s) as m:
+        m.until(lambda: len(_completed(s)) == 2, what="both invoices completed")
+    before = {d.invoice_uuid: (i, d.matched_count) for i, d in _completed(s)}
+    assert before[fixed][1] == 1 and before[same][1] == 1
+
+    publish_resources(s, [Resource(kind="droplet", resource_id="77", name="Batch-07")])  # the inventory fix
+    res = subprocess.run(
+        [sys.executable, "-m", "cloudbill", "replay", "matcher", "--from-beginning"],
+        env=settings_env(s),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rewound" in res.stdout
+    with matcher_thread(s) as m:
+        m.until(lambda: len({i for i, _ in _completed(s)}) == 3, what="the re-matched completion")
+        m.until(lambda: len(_matched(s)) == 6, what="every line enriched again")
+    after: dict[str, set[tuple[str, int]]] = {}
+    for i, d in _completed(s):
+        after.setdefault(d.invoice_uuid, set()).add((i, d.matched_count))
+    assert after[fixed] == {before[fixed], (after[fixed] - {before[fixed]}).pop()}
+    assert {n for _, n in after[fixed]} == {1, 2}, "the replay re-matched batch-07"
+    assert after[same] == {before[same]}, "an unchanged invoice is re-emitted with the same event id"

@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 
 from cloudbill.cli import app
 from shared.db import migrate
-from shared.events import InvoiceDiscovered, encode
+from shared.events import encode
 from shared.kafka import ConsumerLoop, EventProducer, Out, Record, StopSignal
 from shared.settings import Settings, get_settings
 from shared.topics import INVOICE_COMPLETED, INVOICE_DISCOVERED, STAGES
+from tests.factories import invoice_discovered
 from tests.helpers import settings_env
 
 
@@ -24,13 +25,6 @@ def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
     yield CliRunner()
     get_settings.cache_clear()
-
-
-def _discovered(i: int) -> bytes:
-    return encode(
-        InvoiceDiscovered(invoice_uuid=f"inv-{i}", period="2026-04-01", amount_minor=i, date="2026-05-01T00:00:00Z"),
-        "acct",
-    )
 
 
 def _consume_all(s: Settings, stage: str, n: int) -> None:
@@ -62,7 +56,8 @@ def test_status_shows_lag_dead_letters_and_statuses(cli: CliRunner, settings: Se
     migrate(s)
     prod = EventProducer(s, "test")
     for i in range(7):
-        prod.produce(Out(INVOICE_DISCOVERED.name(s.kafka_topic_prefix), f"inv-{i}", _discovered(i)))
+        d = invoice_discovered(invoice_uuid=f"inv-{i}", invoice_id=None, amount_minor=i, date="2026-05-01T00:00:00Z")
+        prod.produce(Out(INVOICE_DISCOVERED.name(s.kafka_topic_prefix), f"inv-{i}", encode(d, "acct")))
     prod.produce(Out(INVOICE_DISCOVERED.dlq(s.kafka_topic_prefix), "bad", b"poison"))
     prod.produce(Out(INVOICE_COMPLETED.name(s.kafka_topic_prefix), "x", b"{}"))
     prod.flush()
@@ -87,7 +82,8 @@ def test_replay_rewinds_a_stopped_stage(cli: CliRunner, settings: Settings) -> N
     s = settings
     prod = EventProducer(s, "test")
     for i in range(5):
-        prod.produce(Out(INVOICE_DISCOVERED.name(s.kafka_topic_prefix), f"inv-{i}", _discovered(i)))
+        d = invoice_discovered(invoice_uuid=f"inv-{i}", invoice_id=None, amount_minor=i, date="2026-05-01T00:00:00Z")
+        prod.produce(Out(INVOICE_DISCOVERED.name(s.kafka_topic_prefix), f"inv-{i}", encode(d, "acct")))
     prod.flush()
     _consume_all(s, "ingester", 5)
 

@@ -193,7 +193,8 @@ def test_retries_exhausted_is_a_recorded_failure_naming_the_call(settings: Setti
 
 
 # ------------------------------------------------------------------------------------------ resources
-def test_resources_and_a_tombstone_for_a_removed_resource(settings: Settings) -> None:
+def test_resources_and_a_history_record_for_a_removed_resource(settings: Settings) -> None:
+    """A resource gone is sent once more with exists=False and its first/last seen times (no tombstone)."""
     scenario = load_scenario("april-2026")  # our own copy: this test removes resources from it
     server = run_in_thread(create_app(scenario))
     s = sim_settings(settings, server.url, digitalocean_max_retries=0)
@@ -201,7 +202,7 @@ def test_resources_and_a_tombstone_for_a_removed_resource(settings: Settings) ->
     poller, close = poller_main.build(s, factory(s, sleeps))
     try:
         [first] = poller.poll("resources")
-        assert first.status == "ok" and first.detail["resources"] == 9 and first.detail["tombstones"] == 0
+        assert first.status == "ok" and first.detail["resources"] == 9 and first.detail["gone"] == 0
         seen: set[tuple[int, int]] = set()
         recs = events(s, RESOURCES, seen)
         assert len(recs) == 9
@@ -216,6 +217,7 @@ def test_resources_and_a_tombstone_for_a_removed_resource(settings: Settings) ->
             "snapshot",
             "reserved_ip",
         }
+        assert all(d.exists for _, d in by_key.values())
 
         # Between two syncs: a droplet is destroyed, and the volume disappears while its listing fails.
         gone = next(d for d in scenario.resources["droplets"] if d["name"] == "worker-01")
@@ -224,24 +226,27 @@ def test_resources_and_a_tombstone_for_a_removed_resource(settings: Settings) ->
         httpx.post(f"{server.url}/_sim/faults", json={"server_errors": 5, "paths": "/v2/volumes"}).raise_for_status()
         [second] = poller.poll("resources")
         assert second.status == "partial" and "volume" in second.detail["failed_kinds"]
-        assert second.detail["tombstones"] == 1
+        assert (second.detail["gone"], second.detail["tombstones"]) == (1, 0)
         new = events(s, RESOURCES, seen)
-        tombstones = [key for key, env, _ in new if env is None]
-        assert tombstones == [f"default:droplet:{gone['id']}"]  # none for the volume: its listing failed
-        assert len(new) == 1 + 7  # the tombstone, and the 7 resources still listed
-        for key, env, _ in new:  # unchanged resources: the same ids as the first sync
-            if env is not None:
+        history = [(key, data) for key, env, data in new if env is not None and not data.exists]
+        assert [k for k, _ in history] == [f"default:droplet:{gone['id']}"]  # none for the volume: listing failed
+        [(_, was)] = history
+        assert (was.name, was.region, was.attributes.get("created_at")) == ("worker-01", "syd1", gone["created_at"])
+        assert was.first_seen is not None and was.last_seen is not None and was.first_seen <= was.last_seen
+        assert len(new) == 1 + 7  # the history record, and the 7 resources still listed
+        for key, env, data in new:  # unchanged resources: the same ids as the first sync
+            if env is not None and data.exists:
                 assert env.event_id == by_key[key][0].event_id
 
-        # The listing works again and the volume is really gone: now it gets its tombstone, once.
+        # The listing works again and the volume is really gone: now it gets its history record, once.
         httpx.delete(f"{server.url}/_sim/faults")
         [third] = poller.poll("resources")
-        assert third.status == "ok" and third.detail["tombstones"] == 1
+        assert third.status == "ok" and third.detail["gone"] == 1
         newest = events(s, RESOURCES, seen)
-        assert [k for k, env, _ in newest if env is None] == [f"default:volume:{volume['id']}"]
+        assert [k for k, env, d in newest if env is not None and not d.exists] == [f"default:volume:{volume['id']}"]
         [fourth] = poller.poll("resources")
-        assert fourth.detail["tombstones"] == 0
-        assert [k for k, env, _ in events(s, RESOURCES, seen) if env is None] == []
+        assert fourth.detail["gone"] == 0
+        assert [k for k, env, d in events(s, RESOURCES, seen) if env is None or not d.exists] == []
     finally:
         close()
         server.stop()
@@ -347,7 +352,7 @@ def test_cli_bad_token_one_clear_error(settings: Settings, strict_sim: RunningSe
     assert any("balance poll of account main FAILED: DigitalOcean GET /v2/customers/my/balance" in f for f in failures)
     assert all("HTTP 401" in line for line in failures)
     assert BAD_TOKEN not in res.output
-    assert len(sim_requests(strict_sim)) == 1 + 1 + 10  # balance, invoices, 10 listings: no retries
+    assert len(sim_requests(strict_sim)) == 1 + 1 + 11  # balance, invoices, 11 listings (GPU droplets too): no retries
 
 
 # ------------------------------------------------------------------------------------------ replicas
@@ -359,6 +364,7 @@ def test_two_replicas_poll_each_tick_once(settings: Settings, sim: RunningServer
         poll_balance_cron="* * * * * *",
         poll_history_cron="0 0 1 1 *",
         poll_resources_cron="0 0 1 1 *",
+        poll_catch_up=False,  # ticks only (the catch-up at start has its own tests)
     )
     stop = StopSignal()
     threads = [
@@ -419,3 +425,77 @@ def test_concurrent_replicas_same_tick_and_one_off_duplicates_share_ids(settings
     finally:
         for _, close in built:
             close()
+
+
+# ------------------------------------------------------------------------------------------ catch-up
+def _history_polls(s: Settings) -> int:
+    """Completed history polls so far (each discovers the scenario's 137 invoices)."""
+    return len(events(s, INVOICE_DISCOVERED)) // 137
+
+
+def test_catch_up_runs_missed_jobs_once_across_replicas_then_never_again(
+    settings: Settings, sim: RunningServer
+) -> None:
+    """Deployed at 10:00 with history due daily at 02:23 and never polled: the history is polled at start,
+    once for two replicas starting together; a restart does not poll again; a last success older than the
+    previous tick (the deployment was down over 02:23) is made up once more."""
+    from services.poller.main import catch_up, crons
+    from services.poller.schedule import Schedule
+
+    s = sim_settings(settings, sim.url)
+    now = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
+    built = [poller_main.build(s, replica=f"r{i}") for i in (1, 2)]
+    barrier = threading.Barrier(2)
+
+    def start(poller: Poller) -> None:
+        barrier.wait()
+        catch_up(poller, Schedule(crons(s), now), now, StopSignal())
+
+    try:
+        threads = [threading.Thread(target=start, args=(p,)) for p, _ in built]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert _history_polls(s) == 1
+        assert len(events(s, BALANCE)) == 1 and len(events(s, RESOURCES)) == 9  # never ran either: caught up
+        status = {r["job"]: r for r in built[0][0].store.statuses()}
+        assert status["history"]["last_tick"] == datetime(2026, 5, 14, 2, 23, tzinfo=UTC)
+
+        # A restart the same day: every job succeeded since its previous tick, nothing is polled.
+        requests_before = len(sim_requests(sim))
+        catch_up(built[0][0], Schedule(crons(s), now), now, StopSignal())
+        assert len(sim_requests(sim)) == requests_before
+
+        # Down over the next 02:23: the history is missed again and made up at the next start, once.
+        tomorrow = datetime(2026, 5, 15, 9, 0, tzinfo=UTC)
+        with built[0][0].store.pool.connection() as conn:  # its last success was at (real) now, far after
+            conn.execute("UPDATE poller.poll_status SET last_success_at = %s", (now,))
+        for poller, _ in built:
+            catch_up(poller, Schedule(crons(s), tomorrow), tomorrow, StopSignal())
+        assert _history_polls(s) == 2
+    finally:
+        for _, close in built:
+            close()
+
+
+def test_the_poller_service_catches_up_at_start_unless_turned_off(settings: Settings, sim: RunningServer) -> None:
+    yearly = {"poll_balance_cron": "0 0 1 1 *", "poll_history_cron": "0 0 1 1 *", "poll_resources_cron": "0 0 1 1 *"}
+    off = sim_settings(settings, sim.url, poll_catch_up=False, **yearly)
+    stop = StopSignal()
+    t = threading.Thread(target=poller_main.run, args=(off, stop), daemon=True)
+    t.start()
+    time.sleep(3)  # started and waiting for next year's tick
+    stop.set()
+    t.join(15)
+    assert not t.is_alive() and sim_requests(sim) == []
+
+    on = off.model_copy(update={"poll_catch_up": True})
+    stop = StopSignal()
+    t = threading.Thread(target=poller_main.run, args=(on, stop), daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: _history_polls(on) == 1, timeout=60, what="the history polled at start")
+    finally:
+        stop.set()
+        t.join(15)

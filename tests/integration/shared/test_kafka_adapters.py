@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer
 
 from shared.events import BillingHistoryEntry, encode
 from shared.kafka import (
@@ -18,6 +18,7 @@ from shared.kafka import (
     create_topics,
 )
 from shared.kafka import deadletter as dl
+from shared.kafka.admin import committed_offsets
 from shared.settings import Settings
 from shared.topics import HISTORY, INVOICE_DISCOVERED
 from tests.helpers import read_all, wait_until
@@ -36,10 +37,8 @@ def _run_loop(loop: ConsumerLoop) -> threading.Thread:
 
 
 def _committed(s: Settings, group: str, topic: str) -> dict[int, int]:
-    a = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
-    req = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(s.kafka_partitions)])]
-    res = a.list_consumer_group_offsets(req)[group].result()
-    return {tp.partition: tp.offset for tp in res.topic_partitions if tp.offset >= 0}
+    offsets = committed_offsets(s, group, topic, list(range(s.kafka_partitions)))
+    return {p: o for p, o in offsets.items() if o >= 0}
 
 
 def test_topics_create_is_idempotent(kafka_settings: Settings) -> None:
@@ -125,6 +124,48 @@ def test_poison_message_lands_in_dlq_with_headers_and_does_not_block(kafka_setti
     assert first.headers[dl.H_ERROR_CLASS].decode() == "shared.events.EventDecodeError"
     assert b"not an event envelope" in first.headers[dl.H_ERROR_MESSAGE]
     assert b"unknown event type 'billing.nope'" in second.headers[dl.H_ERROR_MESSAGE]
+
+
+def test_a_slow_handler_gets_its_batch_cut_and_refetched_without_loss_or_duplicate(kafka_settings: Settings) -> None:
+    """Records are fetched in batches; a batch that takes longer than max_batch_s is cut and the rest fetched
+    again (seek), so consume() is called often enough for the group, and each record is handled once, in order."""
+    s = kafka_settings
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    prod = EventProducer(s, "test")
+    for i in range(12):
+        prod.publish(topic, "acct", _entry(i), "acct")  # one key: one partition, one order
+    prod.flush()
+    seen: list[int] = []
+    stop = StopSignal()
+
+    def slow(rec: Record) -> None:
+        time.sleep(0.1)
+        seen.append(-rec.event()[1].amount_minor)
+        if len(seen) == 12:
+            stop.set()
+
+    loop = ConsumerLoop(
+        s, service="t", group=s.kafka_topic_prefix + "slow", topics=[topic], handler=slow, stop=stop, max_batch_s=0.25
+    )
+    calls = 0
+    consume = loop.consumer.consume
+
+    class Counting:  # confluent-kafka's Consumer cannot be patched: wrap it
+        def __getattr__(self, name: str) -> object:
+            return getattr(loop_consumer, name)
+
+        def consume(self, *a: object) -> list:
+            nonlocal calls
+            batch = consume(*a)
+            calls += bool([m for m in batch if not m.error()])
+            return batch
+
+    loop_consumer = loop.consumer
+    loop.consumer = Counting()  # type: ignore[assignment]
+    _run_loop(loop).join(60)
+    assert seen == list(range(12))
+    assert calls >= 4  # ~3 records per 0.25 s batch: the 12 records came in several fetches
+    assert sum(_committed(s, s.kafka_topic_prefix + "slow", topic).values()) == 12
 
 
 def _run_transactional(s: Settings, group: str, src: str, n: int, transform) -> list[int]:

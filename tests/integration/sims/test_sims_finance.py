@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,11 +72,46 @@ def client(finance: RunningServer) -> Iterator[httpx.Client]:
         yield c
 
 
-def post(client: httpx.Client, payload: Any, tok: str | None = None, key: str | None = "k1") -> httpx.Response:
+def post(client: httpx.Client, payload: Any, tok: str | None = None, key: str | None = "") -> httpx.Response:
+    """One import; a fresh Idempotency-Key per call unless one is given (None: no key)."""
     headers = {"Authorization": f"Bearer {tok if tok is not None else token()}"}
-    if key:
-        headers["Idempotency-Key"] = key
+    if key is not None:
+        headers["Idempotency-Key"] = key or uuid.uuid4().hex
     return client.post(IMPORT_PATH, json=payload, headers=headers)
+
+
+# -------------------------------------------------------------------------------------------- idempotency
+def test_same_key_same_body_replays_the_stored_answer_and_changes_nothing(client: httpx.Client) -> None:
+    first = post(client, body(), key="rev1")
+    assert first.json()["action"] == "created"
+    again = post(client, dict(reversed(list(body().items()))), key="rev1")  # same body, other key order
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    (row,) = client.get("/api/v1/invoices").json()["invoices"]
+    assert row["update_count"] == 0
+    assert client.get("/_sim/calls").json()["by_outcome"] == {"created": 1, "replayed": 1}
+
+
+def test_same_key_other_body_is_refused(client: httpx.Client) -> None:
+    assert post(client, body(), key="rev1").json()["action"] == "created"
+    r = post(client, body(amount_net_minor=7900, amount_gross_minor=8690), key="rev1")
+    assert r.status_code == 422 and r.json()["error"] == "idempotency_key_reused"
+    (row,) = client.get("/api/v1/invoices").json()["invoices"]
+    assert row["amount_gross_minor"] == 8692
+    other_tenant = token(tenant="tenant-b")  # keys are per tenant
+    assert post(client, body(tenant_id="tenant-b"), tok=other_tenant, key="rev1").json()["action"] == "created"
+
+
+def test_a_revert_with_a_reused_key_keeps_the_wrong_content(client: httpx.Client) -> None:
+    """Why a key must name one body: A(k1) → B(k2) → A(k1 again) replays A's answer while finance keeps B."""
+    a, b = body(), body(amount_net_minor=7900, amount_gross_minor=8690)
+    post(client, a, key="k-a")
+    post(client, b, key="k-b")
+    replay = post(client, a, key="k-a")
+    assert replay.json()["action"] == "created" and replay.headers.get("idempotent-replayed") == "true"
+    assert client.get("/api/v1/invoices").json()["invoices"][0]["amount_gross_minor"] == 8690
+    assert post(client, a, key="k-a3").json()["action"] == "updated"  # a new key for the revert: A is back
+    assert client.get("/api/v1/invoices").json()["invoices"][0]["amount_gross_minor"] == 8692
 
 
 # -------------------------------------------------------------------------------------------------- dedup
@@ -291,9 +327,20 @@ def test_server_errors_and_slow_answers(client: httpx.Client) -> None:
         "unavailable_seconds": 0,
         "slow_ms": 0,
         "server_errors": 0,
+        "rate_limited_calls": 0,
+        "retry_after_s": 1,
     }
     assert client.post("/_sim/faults", json={"unavailable_calls": -1}).status_code == 422
     assert client.post("/_sim/faults", json={"what": 1}).status_code == 422
+
+
+def test_rate_limited_calls_answer_429_with_retry_after(client: httpx.Client) -> None:
+    client.post("/_sim/faults", json={"rate_limited_calls": 2, "retry_after_s": 0}).raise_for_status()
+    for _ in range(2):
+        r = post(client, body())
+        assert r.status_code == 429 and r.headers["retry-after"] == "0" and r.json()["error"] == "rate_limited"
+    assert post(client, body()).json()["action"] == "created"
+    assert client.get("/_sim/calls").json()["by_outcome"] == {"rate_limited": 2, "created": 1}
 
 
 def test_faults_come_before_auth(client: httpx.Client) -> None:

@@ -90,6 +90,50 @@ def invoice_row(uuid: str = "u1") -> dict[str, Any]:
     }
 
 
+def held_row() -> dict[str, Any]:
+    """The truncated April CSV: 8 of 33 lines, held."""
+    checks = [
+        {
+            "source": "billing_history",
+            "expected_minor": 8692,
+            "actual_minor": 2733,
+            "difference_minor": -5959,
+            "ok": False,
+        },
+        {
+            "source": "invoice_list",
+            "expected_minor": 8692,
+            "actual_minor": 2733,
+            "difference_minor": -5959,
+            "ok": False,
+        },
+    ]
+    return invoice_row("held") | {
+        "status_rank": 3,
+        "held": True,
+        "hold_reason": "billing history says 8692, the lines give 2733 (variance -5959)",
+        "lines_count": 8,
+        "amount_net_minor": 2733,
+        "amount_tax_minor": 0,
+        "amount_gross_minor": 2733,
+        "reconciliation_status": "mismatch",
+        "reconciliation_expected_minor": 8692,
+        "reconciliation_actual_minor": 2733,
+        "reconciliation_difference_minor": -5959,
+        "reconciliation_tolerance_minor": 0,
+        "reconciliation_reason": "billing history says 8692, the lines give 2733 (variance -5959)",
+        "reconciliation_checks": checks,
+        "pushed_revision": None,
+        "pushed_to_finance_at": None,
+        "finance_invoice_id": None,
+        "finance_action": None,
+    }
+
+
+def refetch_action() -> dict[str, Any]:
+    return {"action": "refetch", "revision": None, "actor": "ops", "reason": "DigitalOcean fixed it", "at": T0}
+
+
 class FakeRepo:
     """Answers like ReadModelRepository and records what it was asked."""
 
@@ -125,7 +169,28 @@ class FakeRepo:
 
     def invoice(self, uuid: str):
         self.calls.append(("invoice", (uuid,)))
-        return (invoice_row(uuid), [line_row(0, uuid)]) if uuid == "u1" else None
+        if uuid == "held":
+            return held_row(), [line_row(0, uuid)], [refetch_action()]
+        return (invoice_row(uuid), [line_row(0, uuid)], []) if uuid == "u1" else None
+
+    def history(self, entry_type, start, end, account, after, limit) -> Page:
+        self.calls.append(("history", (entry_type, start, end, account, after, limit)))
+        row = {
+            "event_id": "e1",
+            "account": "default",
+            "entry_type": entry_type or "Payment",
+            "description": "Payment (MC 2026)",
+            "amount_minor": -8692,
+            "currency": "USD",
+            "date": T0,
+            "invoice_id": None,
+            "invoice_uuid": None,
+        }
+        return Page([row], True)
+
+    def dead_letters(self, topic, since, invoice, after, limit) -> Page:
+        self.calls.append(("dead_letters", (topic, since, invoice, after, limit)))
+        return Page([], False)
 
     def unmatched(self, period) -> list[dict[str, Any]]:
         self.calls.append(("unmatched", (period,)))
@@ -304,7 +369,9 @@ def test_jwks_unreachable_is_503_not_401() -> None:
         "?period=2026-04-01&limit=ten",
         "?period=2026-04-01&kind=DROP;--",
         "?period=2026-04-01&cursor=%%%",
-        "?period=2026-04-01&cursor=" + encode_cursor(["u1"]),
+        "?period=0",  # pydantic alone reads numbers as seconds since 1970
+        "?period=20260401",
+        "?period=2026-04-01T00:00:00",
     ],
 )
 def test_cost_lines_malformed_input_is_422(client: TestClient, query: str) -> None:
@@ -317,13 +384,30 @@ def test_cost_lines_malformed_input_is_422(client: TestClient, query: str) -> No
     [
         "/api/v1/billing/invoices?status=paid",
         "/api/v1/billing/invoices?period=yesterday",
-        "/api/v1/billing/invoices?cursor=" + encode_cursor(["u1", 3]),
+        "/api/v1/billing/invoices?cursor=a+b",
         "/api/v1/billing/balance/history?from=soon",
+        "/api/v1/billing/balance/history?to=0.5",
+        "/api/v1/billing/balance/history?from=1714521600",
         "/api/v1/billing/unmatched?period=2026-4-1",
+        "/api/v1/billing/unmatched?period=0",
     ],
 )
 def test_other_malformed_input_is_422(client: TestClient, path: str) -> None:
     assert client.get(path, headers=auth(token())).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/billing/cost-lines?period=2026-04-01&cursor=" + encode_cursor(["u1"]),
+        "/api/v1/billing/cost-lines?period=2026-04-01&cursor=abc",
+        "/api/v1/billing/invoices?cursor=" + encode_cursor(["u1", 3]),
+    ],
+)
+def test_a_cursor_of_the_right_alphabet_not_issued_here_is_400(client: TestClient, path: str) -> None:
+    """The schema allows it (so not a 422), but it names no position in a listing."""
+    r = client.get(path, headers=auth(token()))
+    assert r.status_code == 400 and r.json()["detail"].startswith("invalid cursor")
 
 
 # ---------------------------------------------------------------------------------------------- payloads
@@ -397,6 +481,49 @@ def test_invoices_and_detail(client_repo: tuple[TestClient, FakeRepo]) -> None:
     assert client.get("/api/v1/billing/invoices/nope", headers=auth(token())).status_code == 404
 
 
+def test_a_held_invoice_shows_expected_actual_and_variance(client_repo: tuple[TestClient, FakeRepo]) -> None:
+    client, repo = client_repo
+    detail = client.get("/api/v1/billing/invoices/held", headers=auth(token())).json()
+    assert detail["status"] == "held" and detail["finance_invoice_id"] is None
+    assert "variance -5959" in detail["hold_reason"]
+    rec = detail["reconciliation"]
+    assert (rec["status"], rec["expected_minor"], rec["actual_minor"], rec["difference_minor"]) == (
+        "mismatch",
+        8692,
+        2733,
+        -5959,
+    )
+    assert [c["source"] for c in rec["checks"]] == ["billing_history", "invoice_list"]
+    assert detail["actions"] == [
+        {
+            "action": "refetch",
+            "revision": None,
+            "actor": "ops",
+            "reason": "DigitalOcean fixed it",
+            "at": T0.isoformat().replace("+00:00", "Z"),
+        }
+    ]
+    client.get("/api/v1/billing/invoices?status=held", headers=auth(token()))
+    assert repo.calls[-1] == ("invoices", ("held", None, None, 100))
+
+
+def test_billing_history_by_type(client_repo: tuple[TestClient, FakeRepo]) -> None:
+    client, repo = client_repo
+    body = client.get("/api/v1/billing/history?type=payment&from=2026-05-01", headers=auth(token())).json()
+    (item,) = body["items"]
+    assert (item["entry_type"], item["amount_minor"], item["amount"]) == ("Payment", -8692, "-86.92")
+    assert repo.calls[-1][1][:2] == ("Payment", datetime(2026, 5, 1, tzinfo=UTC))  # DigitalOcean's spelling
+    client.get(f"/api/v1/billing/history?cursor={body['next_cursor']}", headers=auth(token()))
+    assert repo.calls[-1][1][4] == (T0, "e1")
+    assert (
+        client.get("/api/v1/billing/history?type=Gift", headers=auth(token())).status_code == 422
+    )  # not in the schema
+    assert client.get("/api/v1/billing/history?type=PAYMENT", headers=auth(token())).status_code == 200
+    # A cursor of the right alphabet this API never issued: 400, as on every listing.
+    assert client.get("/api/v1/billing/history?cursor=WyJ4IiwieSJd", headers=auth(token())).status_code == 400
+    assert client.get("/api/v1/billing/history").status_code == 401
+
+
 def test_unmatched_totals(client: TestClient) -> None:
     body = client.get("/api/v1/billing/unmatched?period=2026-04-01", headers=auth(token())).json()
     assert body["total_minor"] == {"USD": 1290}
@@ -420,3 +547,137 @@ def test_readyz_is_503_without_database_or_broker(client: TestClient) -> None:
     assert r.status_code == 503
     assert r.json()["checks"]["database"].startswith("unavailable")
     assert r.json()["checks"]["broker"].startswith("unavailable")
+
+
+# ------------------------------------------------------------------------------------------- token policy
+def test_the_api_refuses_to_start_with_a_short_hmac_secret() -> None:
+    from shared.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"API_JWT_SECRET is 31 bytes; HS256 needs at least 32"):
+        create_app(Settings(_env_file=None, api_jwt_secret="s" * 31))
+    create_app(Settings(_env_file=None, api_jwt_secret="s" * 32))  # the minimum is accepted
+
+
+def test_tokens_living_longer_than_the_maximum_are_refused() -> None:
+    c, _ = make_client(api_jwt_max_ttl_s=3600)
+    assert c.get("/api/v1/billing/balance", headers=auth(token(ttl=3600))).status_code == 200
+    long_lived = token(ttl=3600 + 120)
+    r = c.get("/api/v1/billing/balance", headers=auth(long_lived))
+    assert r.status_code == 401 and "lifetime" in r.json()["detail"]
+    # Without iat, what is left of its life counts: a year-9999 expiry is refused.
+    forever = jwt.encode({"roles": ["platform_admin"], "exp": 253402300799}, SECRET, algorithm="HS256")
+    assert c.get("/api/v1/billing/balance", headers=auth(forever)).status_code == 401
+    # The default maximum is 12 h.
+    assert Settings(_env_file=None).api_jwt_max_ttl_s == 12 * 3600
+
+
+def test_audience_and_issuer_are_enforced_only_when_set(client: TestClient) -> None:
+    tok = token(audience="cloudbill-api", issuer="https://id.example")
+    assert client.get("/api/v1/billing/balance", headers=auth(tok)).status_code == 200  # not configured: ignored
+    c, _ = make_client(api_jwt_audience="cloudbill-api", api_jwt_issuer="https://id.example")
+    assert c.get("/api/v1/billing/balance", headers=auth(tok)).status_code == 200
+    for bad, why in (
+        (token(), "lacks"),
+        (token(audience="other", issuer="https://id.example"), "audience"),
+        (token(audience="cloudbill-api", issuer="https://evil.example"), "issuer"),
+    ):
+        r = c.get("/api/v1/billing/balance", headers=auth(bad))
+        assert r.status_code == 401 and why in r.json()["detail"], r.text
+
+
+def test_unknown_key_ids_refetch_the_jwks_at_most_once_per_interval(rsa_keys: tuple[rsa.RSAPrivateKey, str]) -> None:
+    from services.api.security import JwksKeys
+    from shared.auth import TokenError
+
+    key, _pem = rsa_keys
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "k1", "use": "sig"}
+    now = [1000.0]
+    keys = JwksKeys("http://127.0.0.1:1/jwks.json", min_refresh_s=30, clock=lambda: now[0])
+    served = [{"keys": [jwk]}]
+    keys._client.fetch_data = lambda: served[0]  # type: ignore[method-assign]
+    assert keys.key("k1") is not None and keys.fetches == 1
+    for _ in range(50):  # a flood of made-up key ids
+        with pytest.raises(TokenError):
+            keys.key("made-up")
+    assert keys.fetches == 1  # the set is younger than the interval: no request reached the provider
+    now[0] += 31
+    for _ in range(50):
+        with pytest.raises(TokenError):
+            keys.key("made-up")
+    assert keys.fetches == 2  # one refetch per interval, however many misses
+    # A rotated-in key is found by the next refetch allowed.
+    served[0] = {"keys": [jwk, jwk | {"kid": "k2"}]}
+    now[0] += 31
+    assert keys.key("k2") is not None and keys.fetches == 3
+    assert keys.key("k1") is not None and keys.fetches == 3
+
+
+# ------------------------------------------------------------------------------------ bounded ops surface
+def test_unknown_http_methods_fold_into_one_metric_label(client: TestClient) -> None:
+    from prometheus_client import REGISTRY
+
+    for method in ("FOO", "BAR", "X" * 40):
+        client.request(method, "/healthz")
+    labels = {
+        s.labels["method"]
+        for m in REGISTRY.collect()
+        if m.name == "cloudbill_api_requests"
+        for s in m.samples
+        if s.name == "cloudbill_api_requests_total"
+    }
+    assert "OTHER" in labels and not labels & {"FOO", "BAR", "X" * 40}
+    assert labels <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}
+
+
+def test_readyz_checks_at_most_once_a_second() -> None:
+    c, _ = make_client()
+    readiness = c.app.state.readiness  # type: ignore[attr-defined]
+    for _ in range(20):
+        assert c.get("/readyz").status_code == 503
+    assert readiness.rounds == 1
+    readiness._at -= readiness.ttl_s  # a second later
+    c.get("/readyz")
+    assert readiness.rounds == 2
+
+
+def test_docs_and_metrics_can_be_turned_off() -> None:
+    c, _ = make_client(api_docs="off", api_metrics="off")
+    for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+        assert c.get(path).status_code == 404, path
+    assert c.get("/api/v1/billing/balance", headers=auth(token())).status_code == 200
+
+
+def test_docs_and_metrics_can_move_to_the_operations_port() -> None:
+    from services.api.main import create_ops_app
+
+    settings = Settings(
+        _env_file=None, api_jwt_secret=SECRET, api_docs="ops", api_metrics="ops", api_ops_port=9464, api_port=8000
+    )
+    api = create_app(settings)
+    main, ops = TestClient(api), TestClient(create_ops_app(settings, api))  # type: ignore[arg-type]
+    for path in ("/docs", "/openapi.json", "/metrics"):
+        assert main.get(path).status_code == 404, path
+        assert ops.get(path).status_code == 200, path
+    assert "/api/v1/billing/cost-lines" in ops.get("/openapi.json").json()["paths"]
+    assert main.get("/healthz").status_code == 200  # probes stay with the API
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"api_docs": "ops"}, "API_OPS_PORT is not set"), ({"api_ops_port": 8000}, "must differ")],
+)
+def test_operations_port_misconfigurations_are_refused(overrides: dict[str, Any], message: str) -> None:
+    from shared.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        create_app(Settings(_env_file=None, api_jwt_secret=SECRET, **overrides))
+
+
+def test_the_focus_file_name_survives_any_account_name() -> None:
+    """Headers are latin-1: an account named `Ā` once turned the export into a 500 (found by schemathesis)."""
+    from services.api.finops_routes import _attachment
+
+    assert _attachment('focus-2026-04-Ā"x.csv') == (
+        "attachment; filename=\"focus-2026-04-__x.csv\"; filename*=UTF-8''focus-2026-04-%C4%80%22x.csv"
+    )
+    _attachment("focus-2026-04-Ā.csv").encode("latin-1")  # what starlette does with a header

@@ -96,8 +96,10 @@ def test_from_settings_uses_identity_algorithm_and_url() -> None:
     assert seen[0].url.port == 4010
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_5xx_is_unavailable(status: int) -> None:
+@pytest.mark.parametrize("status", [408, 409, 425, 500, 502, 503, 504, 507])
+def test_408_409_425_and_5xx_are_unavailable(status: int) -> None:
+    """Transient classes (shared/retry.py): a request timeout, a conflict with a concurrent write and "too early"
+    are worth retrying; 409 used to dead-letter the invoice."""
     with client(lambda _r: httpx.Response(status, text="boom")) as c, pytest.raises(FinanceUnavailable) as ei:
         c.import_invoice(PAYLOAD, idempotency_key="k")
     assert ei.value.retry_after_s is None
@@ -154,7 +156,7 @@ def test_missing_endpoint_is_a_configuration_error_not_a_dlq_flood(status: int) 
         c.import_invoice(PAYLOAD, idempotency_key="k")
 
 
-@pytest.mark.parametrize("status", [400, 409, 413, 422])
+@pytest.mark.parametrize("status", [400, 410, 413, 422])
 def test_422_and_other_4xx_are_rejections_with_the_body(status: int) -> None:
     body = {"error": "validation_failed", "errors": [{"field": "invoice_date", "message": "invalid date"}]}
     with client(lambda _r: httpx.Response(status, json=body)) as c, pytest.raises(FinanceRejected) as ei:

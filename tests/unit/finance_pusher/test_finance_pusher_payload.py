@@ -17,30 +17,14 @@ from services.finance_pusher.payload import (
     idempotency_key,
     payload_sha256,
 )
-from shared.events import InvoiceCompleted, Reconciliation
+from tests.factories import bare_match, invoice_completed
 
 APRIL_UUID = "4a1c5f7e-0000-4000-8000-000000000426"
-
-
-def completed(**kw) -> InvoiceCompleted:
-    base = {
-        "invoice_uuid": APRIL_UUID,
-        "invoice_id": "123456789",
-        "revision": 1,
-        "period": "2026-04-01",
-        "invoice_date": date(2026, 5, 1),
-        "line_count": 33,
-        "matched_count": 6,
-        "amount_net_minor": 7902,
-        "amount_tax_minor": 790,
-        "amount_gross_minor": 8692,
-        "reconciliation": Reconciliation(status="matched", expected_minor=8692, difference_minor=0),
-    }
-    return InvoiceCompleted(**(base | kw))
+APRIL = {"invoice_uuid": APRIL_UUID, "invoice_id": "123456789", "reconciliation": bare_match(8692)}
 
 
 def test_april_2026_payload_is_exactly_the_contract() -> None:
-    assert build_payload(completed(), tenant_id="platform-admin") == {
+    assert build_payload(invoice_completed(**APRIL), tenant_id="platform-admin") == {
         "tenant_id": "platform-admin",
         "source": "digitalocean",
         "external_id": APRIL_UUID,
@@ -57,7 +41,7 @@ def test_april_2026_payload_is_exactly_the_contract() -> None:
 
 
 def test_missing_invoice_number_is_null() -> None:
-    assert build_payload(completed(invoice_id=None), tenant_id="t")["invoice_number"] is None
+    assert build_payload(invoice_completed(**(APRIL | {"invoice_id": None})), tenant_id="t")["invoice_number"] is None
 
 
 @pytest.mark.parametrize(
@@ -93,32 +77,42 @@ def test_billing_period_covers_the_whole_month(d: date) -> None:
 
 def test_net_plus_tax_must_equal_gross() -> None:
     with pytest.raises(InvalidInvoice, match=r"net 7902 \+ tax 790 != gross 8693"):
-        build_payload(completed(amount_gross_minor=8693), tenant_id="t")
+        build_payload(invoice_completed(**APRIL, amount_gross_minor=8693), tenant_id="t")
 
 
 def test_negative_line_count_is_invalid() -> None:
     with pytest.raises(InvalidInvoice, match="negative line count"):
-        build_payload(completed(line_count=-1), tenant_id="t")
+        build_payload(invoice_completed(**APRIL, line_count=-1), tenant_id="t")
 
 
 def test_payload_hash_ignores_key_order_but_not_content() -> None:
-    p = build_payload(completed(), tenant_id="platform-admin")
+    p = build_payload(invoice_completed(**APRIL), tenant_id="platform-admin")
     reordered = dict(reversed(list(p.items())))
     assert payload_sha256(p) == payload_sha256(reordered)
     assert payload_sha256(p) != payload_sha256(p | {"amount_tax_minor": 791})
     # revision and matched_count are not finance's business: the same content hashes the same
-    same = build_payload(completed(revision=2, matched_count=7), tenant_id="platform-admin")
+    same = build_payload(invoice_completed(**APRIL, revision=2, matched_count=7), tenant_id="platform-admin")
     assert payload_sha256(same) == payload_sha256(p)
 
 
 def test_idempotency_key_is_deterministic_and_distinct_per_part() -> None:
-    k = idempotency_key("platform-admin", "digitalocean", APRIL_UUID, "ab" * 32)
-    assert k == idempotency_key("platform-admin", "digitalocean", APRIL_UUID, "ab" * 32)
+    k = idempotency_key("platform-admin", "digitalocean", APRIL_UUID, 1, "ab" * 32)
+    assert k == idempotency_key("platform-admin", "digitalocean", APRIL_UUID, 1, "ab" * 32)
     assert len(k) == 64 and int(k, 16) >= 0
-    assert k != idempotency_key("other", "digitalocean", APRIL_UUID, "ab" * 32)
-    assert k != idempotency_key("platform-admin", "digitalocean", APRIL_UUID, "cd" * 32)
+    assert k != idempotency_key("other", "digitalocean", APRIL_UUID, 1, "ab" * 32)
+    assert k != idempotency_key("platform-admin", "digitalocean", APRIL_UUID, 1, "cd" * 32)
     # no ambiguity from separators inside the parts
-    assert idempotency_key("a/b", "c", "d", "e") != idempotency_key("a", "b/c", "d", "e")
+    assert idempotency_key("a/b", "c", "d", 1, "e") != idempotency_key("a", "b/c", "d", 1, "e")
+
+
+def test_a_content_revert_gets_a_new_key() -> None:
+    """A → B → A: revision 3 has A's body but must not reuse revision 1's key (finance would replay B's
+    predecessor's answer and keep B)."""
+    a, b = "aa" * 32, "bb" * 32
+    keys = [idempotency_key("t", "digitalocean", APRIL_UUID, rev, h) for rev, h in ((1, a), (2, b), (3, a))]
+    assert len(set(keys)) == 3
+    # Another deployment (another ledger) re-pushing revision 1 is a new request, not a replay.
+    assert idempotency_key("t", "digitalocean", APRIL_UUID, 1, a, "ledger-2") != keys[0]
 
 
 # ------------------------------------------------------------------------------------------ decisions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import pytest
@@ -16,6 +17,7 @@ from services.ingester.csv_parser import (
     parse_hours,
     parse_invoice_csv,
 )
+from shared.tax import TaxRule
 
 HEADER9 = "product,group_description,description,hours,start,end,USD,project_name,category"
 HEADER8 = "product,group_description,description,hours,start,end,USD,project_name"
@@ -185,25 +187,46 @@ def test_values_are_stripped_of_surrounding_spaces() -> None:
 
 # ------------------------------------------------------------------------------------------ is_tax
 @pytest.mark.parametrize(
-    ("description", "tax"),
+    ("product", "description", "tax"),
     [
-        ("GST (10%)", True),
-        ("gst", True),
-        ("STATE SALES TAX (6.25%)", True),
-        ("Sales Tax", True),
-        ("VAT taxes", True),
-        ("web-01 (s-1vcpu-1gb)", False),
-        ("Spaces Subscription", False),
-        ("", False),
+        ("Taxes", "GST (10%)", True),
+        ("Taxes", "Regional levy", True),  # product Taxes first, whatever the description
+        ("Other", "gst", True),
+        ("Taxes", "STATE SALES TAX (6.25%)", True),
+        ("Other", "Sales Tax", True),
+        ("Other", "VAT (20%)", True),  # the seed's rule called this net
+        ("Other", "HST", True),
+        ("Other", "QST (9.975%)", True),
+        ("Other", "PST 7%", True),
+        ("Droplets", "syntax-highlighter (s-1vcpu-1gb)", False),  # the seed's rule called these tax
+        ("Spaces", "taxonomy-data", False),
+        ("Droplets", "gst-worker (s-1vcpu-1gb)", False),
+        ("Droplets", "web-01 (s-1vcpu-1gb)", False),
+        ("Spaces Subscription", "Spaces Subscription", False),
+        ("Credits", "Promotional credit", False),
+        ("Other", "", False),
     ],
 )
-def test_is_tax_rule(description: str, tax: bool) -> None:
-    assert is_tax_line(description) is tax
+def test_is_tax_rule(product: str, description: str, tax: bool) -> None:
+    assert is_tax_line(product, description) is tax
 
 
-def test_is_tax_looks_at_description_not_product() -> None:
-    inv = parse_invoice_csv(f"{HEADER8}\nTaxes,,Regional levy,,,,$1.00,\nDroplets,,gst-worker (s),1,,,$2.00,\n")
-    assert [ln.is_tax for ln in inv.lines] == [False, True]
+def test_the_parser_applies_the_one_rule_product_first() -> None:
+    inv = parse_invoice_csv(
+        f"{HEADER8}\nTaxes,,Regional levy,,,,$1.00,\nDroplets,,gst-worker (s),1,,,$2.00,\nOther,,VAT (20%),,,,$0.40,\n"
+    )
+    assert [ln.is_tax for ln in inv.lines] == [True, False, True]
+    assert (inv.totals.net_minor, inv.totals.tax_minor) == (200, 140)
+
+
+def test_configured_tax_names_change_the_split_and_the_parser_version() -> None:
+    body = f"{HEADER8}\nOther,,IVA 21%,,,,$0.21,\nOther,,VAT (20%),,,,$0.20,\n"
+    default = parse_invoice_csv(body)
+    iva = parse_invoice_csv(body, tax_rule=TaxRule(("IVA",)))
+    assert [ln.is_tax for ln in default.lines] == [False, True]
+    assert [ln.is_tax for ln in iva.lines] == [True, False]
+    assert default.parser_version == PARSER_VERSION != iva.parser_version
+    assert iva.parser_version.startswith(PARSER_VERSION + "+tax.")
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -310,6 +333,44 @@ def test_unterminated_quote_fails() -> None:
 
 def test_not_utf8_bytes_fail() -> None:
     assert "UTF-8" in str(_err(HEADER8.encode() + b"\nDroplets,,\xff\xfe,1,,,$1.00,\n"))
+
+
+@pytest.mark.parametrize(
+    ("body", "bad", "line", "what"),
+    [
+        (HEADER8.encode() + b"\nDroplets,,caf\xe9 (s),1,,,$1.00,\n", b"\xe9", 2, "byte 0xE9"),  # latin-1 é
+        (b"\xef\xbb\xbf" + HEADER8.encode() + b"\nDroplets,,caf\xe9 (s),1,,,$1.00,\n", b"\xe9", 2, "byte 0xE9"),
+        (HEADER8.encode() + b"\nDroplets,,a\x00b (s),1,,,$1.00,\n", b"\x00", 2, "NUL"),
+        (HEADER8.encode() + b'\nDroplets,,"a\nb\x07" (s),1,,,$1.00,\n', b"\x07", 3, "U+0007"),
+        (HEADER8.encode() + b"\nDroplets,,a\tb (s),1,,,$1.00,\n", b"\t", 2, "U+0009"),
+        (HEADER8.encode() + "\nDroplets,,a\u0085b (s),1,,,$1.00,\n".encode(), b"\xc2\x85", 2, "U+0085"),
+    ],
+)
+def test_bytes_that_are_not_clean_utf8_text_fail_naming_the_byte_and_line(
+    body: bytes, bad: bytes, line: int, what: str
+) -> None:
+    e = _err(body)
+    byte = body.index(bad)
+    assert (e.line, e.byte) == (line, byte)
+    assert what in str(e) and f"line {line}" in str(e) and f"byte offset {byte}" in str(e)
+
+
+def test_utf8_text_and_a_bom_are_fine_and_hashed_as_received() -> None:
+    body = HEADER8 + "\nDroplets,,café-01 (s),1,,,$1.00,\n"
+    plain, with_bom = parse_invoice_csv(body.encode()), parse_invoice_csv(b"\xef\xbb\xbf" + body.encode())
+    assert plain.lines == with_bom.lines and plain.lines[0].description == "café-01 (s)"
+    assert plain.csv_sha256 == hashlib.sha256(body.encode()).hexdigest() != with_bom.csv_sha256
+
+
+@pytest.mark.parametrize("amount", ["$１.00", "$١٢.00", "$1²", "$12345678901234567.00"])
+def test_amounts_with_foreign_digits_or_beyond_18_digits_fail_clearly(amount: str) -> None:
+    e = _err(f"{HEADER8}\nDroplets,,a,1,,,{amount},\n")
+    assert e.column == "USD" and ("non-ASCII digit" in str(e) or "beyond 18 digits" in str(e))
+
+
+def test_the_end_of_the_body_is_reported() -> None:
+    assert parse_invoice_csv(f"{HEADER8}\nDroplets,,a,1,,,$1.00,\n").ends_with_line_break
+    assert not parse_invoice_csv(f"{HEADER8}\nDroplets,,a,1,,,$1.00,").ends_with_line_break
 
 
 def test_one_bad_row_fails_the_whole_invoice() -> None:

@@ -148,7 +148,7 @@ def test_generated_rows_round_trip(inv: tuple[list[Row], dict]) -> None:
         assert ln.project_name == r.project_name
         assert ln.category == (r.category if opts["nine"] else "")
         assert ln.extra == ({"Resource Note": r.extra} if opts["extra_col"] else {})
-        assert ln.is_tax == is_tax_line(r.description)
+        assert ln.is_tax == is_tax_line(r.product, r.description)
         assert ln.currency == "USD"
 
 
@@ -168,7 +168,7 @@ def test_amounts_sum_exactly(inv: tuple[list[Row], dict]) -> None:
     rows, opts = inv
     t = parse_invoice_csv(write_csv(rows, **opts)).totals
     assert t.gross_minor == sum(r.amount_minor for r in rows)
-    assert t.tax_minor == sum(r.amount_minor for r in rows if is_tax_line(r.description))
+    assert t.tax_minor == sum(r.amount_minor for r in rows if is_tax_line(r.product, r.description))
     assert t.net_minor + t.tax_minor == t.gross_minor
 
 

@@ -8,8 +8,22 @@ import pytest
 
 from services.ingester.assembly import Assembler
 from services.ingester.csv_parser import PARSER_VERSION, parse_invoice_csv
-from services.ingester.domain import Decision, LedgerEntry, build_events, decide, reconcile
+from services.ingester.domain import (
+    Decision,
+    Hold,
+    LedgerEntry,
+    RefetchPolicy,
+    build_events,
+    decide,
+    evidence_sha256,
+    expected_of,
+    next_hold,
+    reconciliation_of,
+    refetch_delay,
+    summary_amounts,
+)
 from shared.events import CostLine, InvoiceDiscovered, decode, encode, event_id_for
+from tests.factories import invoice_discovered
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 CSV = (
@@ -19,21 +33,24 @@ CSV = (
     "Taxes,,GST (10%),,2026-04-01 00:00:00 +0000,2026-04-30 23:59:59 +0000,$1.10,,iaas\n"
 )
 
+# The discovery of the April invoice (1210 billed and listed); a test merges in what differs.
+DISCOVERED = {
+    "invoice_uuid": "inv-1",
+    "description": "Invoice for April 2026",
+    "amount_minor": 1210,
+    "listed_amount_minor": 1210,
+    "date": datetime(2026, 5, 1, 8, 44, tzinfo=UTC),
+}
+
 
 def entry(rev: int, state: str, sha: str = "a", pv: str = PARSER_VERSION) -> LedgerEntry:
     return LedgerEntry("inv", rev, sha, pv, state, T0)  # type: ignore[arg-type]
 
 
-def discovered(amount_minor: int = 1210, currency: str = "USD") -> InvoiceDiscovered:
-    return InvoiceDiscovered(
-        invoice_uuid="inv-1",
-        invoice_id="123",
-        period="2026-04-01",
-        description="Invoice for April 2026",
-        amount_minor=amount_minor,
-        currency=currency,
-        date=datetime(2026, 5, 1, 8, 44, tzinfo=UTC),
-    )
+def events(d: InvoiceDiscovered, csv: str, revision: int, summary: dict | None = None):
+    parsed = parse_invoice_csv(csv)
+    rec = reconciliation_of(parsed, expected_of(d, None, summary, summary is not None), 0)
+    return build_events(d, parsed, revision, rec)
 
 
 # ------------------------------------------------------------------------------------------- decide
@@ -77,24 +94,112 @@ def test_redelivery_sequence_never_binds_a_revision_to_two_contents() -> None:
     assert deliver("a", commit=True) == Decision("new", 3)
 
 
+def test_same_csv_with_new_evidence_is_a_new_revision() -> None:
+    """A held revision is released by a corrected DigitalOcean amount too, not only by a changed CSV."""
+    held = LedgerEntry("inv", 1, "a", PARSER_VERSION, "committed", T0, "evidence-mismatch")
+    assert decide(held, "a", PARSER_VERSION, "evidence-mismatch") == Decision("skip", 1)
+    assert decide(held, "a", PARSER_VERSION, "evidence-matched") == Decision("new", 2)
+
+
 # ---------------------------------------------------------------------------------------- reconcile
-def test_reconcile_matched_mismatch_unknown() -> None:
-    assert reconcile(8692, "USD", 8692, "USD").model_dump() == {
-        "status": "matched",
-        "expected_minor": 8692,
-        "difference_minor": 0,
-    }
-    r = reconcile(8692, "USD", 8600, "USD")
-    assert (r.status, r.difference_minor) == ("mismatch", 92)
-    assert reconcile(100, "USD", 150, "usd").difference_minor == -50
-    assert reconcile(100, "EUR", 100, "USD").status == "unknown"
-    assert reconcile(100, "USD", None, "USD").status == "unknown"
+def test_reconciliation_against_history_list_and_summary() -> None:
+    parsed = parse_invoice_csv(CSV)
+    ok = reconciliation_of(parsed, expected_of(invoice_discovered(**DISCOVERED), None, None, False), 0)
+    assert ok.status == "matched" and [c.source for c in ok.checks] == ["billing_history", "invoice_list"]
+    short = reconciliation_of(
+        parsed,
+        expected_of(
+            invoice_discovered(**(DISCOVERED | {"amount_minor": 1000, "listed_amount_minor": 1000})), None, None, False
+        ),
+        0,
+    )
+    assert (short.status, short.difference_minor, short.expected_minor, short.actual_minor) == (
+        "mismatch",
+        210,
+        1000,
+        1210,
+    )
+    assert "billing history says 1000" in short.reason
+    # The listing's amount, when the discovery lacked it, comes from the ingester's own listing fetch.
+    fetched = reconciliation_of(
+        parsed, expected_of(invoice_discovered(**(DISCOVERED | {"listed_amount_minor": None})), 1210, None, False), 0
+    )
+    assert fetched.status == "matched"
+    unknown = reconciliation_of(
+        parsed, expected_of(invoice_discovered(**(DISCOVERED | {"listed_amount_minor": None})), None, None, False), 0
+    )
+    assert unknown.status == "unknown" and "not in DigitalOcean's invoice list" in unknown.reason
+    summary = {"amount": "12.10", "taxes": {"name": "Taxes", "amount": "1.10"}}
+    both = reconciliation_of(parsed, expected_of(invoice_discovered(**DISCOVERED), None, summary, True), 0)
+    assert both.status == "matched" and [c.source for c in both.checks][2:] == ["summary_amount", "summary_taxes"]
+    wrong_tax = {"amount": "12.10", "taxes": {"name": "Taxes", "amount": "0.00"}}
+    r = reconciliation_of(parsed, expected_of(invoice_discovered(**DISCOVERED), None, wrong_tax, True), 0)
+    assert r.status == "mismatch" and "summary taxes says 0, the lines give 110" in r.reason
+    assert (
+        reconciliation_of(
+            parsed,
+            expected_of(
+                invoice_discovered(**(DISCOVERED | {"amount_minor": 1200, "listed_amount_minor": 1200})),
+                None,
+                None,
+                False,
+            ),
+            10,
+        ).status
+        == "matched"
+    )
+
+
+def test_summary_money_is_read_exactly_or_is_an_error() -> None:
+    assert summary_amounts({"amount": "86.92", "taxes": {"amount": "7.90"}}, "USD") == (8692, 790, "")
+    assert summary_amounts({"amount": "86.92"}, "USD") == (8692, None, "")
+    assert summary_amounts(None, "USD") == (None, None, "")
+    amount, _, error = summary_amounts({"amount": "８６.92"}, "USD")
+    assert amount is None and "non-ASCII digit" in error
+
+
+def test_evidence_digest_follows_the_reconciliation() -> None:
+    parsed = parse_invoice_csv(CSV)
+    a = reconciliation_of(parsed, expected_of(invoice_discovered(**DISCOVERED), None, None, False), 0)
+    b = reconciliation_of(
+        parsed,
+        expected_of(
+            invoice_discovered(**(DISCOVERED | {"amount_minor": 1000, "listed_amount_minor": 1000})), None, None, False
+        ),
+        0,
+    )
+    assert evidence_sha256(a) == evidence_sha256(a.model_copy()) != evidence_sha256(b)
+
+
+# ------------------------------------------------------------------------------------------ holds
+POLICY = RefetchPolicy(initial_s=60, max_s=600, max_attempts=3)
+
+
+def test_refetch_delay_doubles_up_to_the_cap() -> None:
+    assert [refetch_delay(n, 60, 600) for n in range(1, 7)] == [60, 120, 240, 480, 600, 600]
+
+
+def test_hold_lifecycle_backoff_then_waits_for_an_admin() -> None:
+    from datetime import timedelta
+
+    h = next_hold(None, "held", revision=1, reason="short", now=T0, policy=POLICY)
+    assert h == Hold(1, T0, "short", 0, T0 + timedelta(seconds=60))
+    assert next_hold(None, "unchanged", revision=1, reason="", now=T0, policy=POLICY) is None
+    h = next_hold(h, "unchanged", revision=1, reason="", now=T0, policy=POLICY)
+    assert (h.attempts, h.next_at, h.reason) == (1, T0 + timedelta(seconds=120), "short")
+    h = next_hold(h, "rejected", revision=None, reason="cut mid-row", now=T0, policy=POLICY)
+    assert (h.attempts, h.next_at) == (2, T0 + timedelta(seconds=240))
+    h = next_hold(h, "held", revision=2, reason="still short", now=T0, policy=POLICY)
+    assert (h.revision, h.since, h.reason, h.attempts, h.next_at) == (2, T0, "still short", 3, None)
+    assert next_hold(h, "reconciled", revision=3, reason="", now=T0, policy=POLICY) is None
+    never = RefetchPolicy(max_attempts=0)
+    assert next_hold(None, "held", revision=1, reason="x", now=T0, policy=never).next_at is None
 
 
 # ------------------------------------------------------------------------------------- build_events
 def test_build_events_one_line_per_row_then_the_marker() -> None:
     parsed = parse_invoice_csv(CSV)
-    lines, end = build_events(discovered(), parsed, revision=2)
+    lines, end = events(invoice_discovered(**DISCOVERED), CSV, 2)
     assert [ln.line_index for ln in lines] == [0, 1, 2]
     assert all(ln.revision == 2 and ln.invoice_uuid == "inv-1" for ln in lines)
     assert [ln.is_tax for ln in lines] == [False, False, True]
@@ -109,17 +214,19 @@ def test_build_events_one_line_per_row_then_the_marker() -> None:
     assert end.reconciliation.status == "matched"
 
 
-def test_mismatch_is_recorded_not_blocking() -> None:
-    _lines, end = build_events(discovered(amount_minor=1000), parse_invoice_csv(CSV), 1)
+def test_mismatch_is_recorded_and_the_revision_still_emitted() -> None:
+    lines, end = events(
+        invoice_discovered(**(DISCOVERED | {"amount_minor": 1000, "listed_amount_minor": 1000})), CSV, 1
+    )
+    assert len(lines) == 3
     assert end.reconciliation.status == "mismatch"
     assert end.reconciliation.difference_minor == 210
 
 
 def test_event_ids_are_deterministic_per_revision_and_line() -> None:
-    parsed = parse_invoice_csv(CSV)
-    a, end_a = build_events(discovered(), parsed, 1)
-    b, end_b = build_events(discovered(), parsed, 1)
-    c, end_c = build_events(discovered(), parsed, 2)
+    a, end_a = events(invoice_discovered(**DISCOVERED), CSV, 1)
+    b, end_b = events(invoice_discovered(**DISCOVERED), CSV, 1)
+    c, end_c = events(invoice_discovered(**DISCOVERED), CSV, 2)
     assert [event_id_for(x, "acct") for x in a] == [event_id_for(x, "acct") for x in b]
     assert event_id_for(end_a, "acct") == event_id_for(end_b, "acct") != event_id_for(end_c, "acct")
     assert {event_id_for(x, "acct") for x in a}.isdisjoint({event_id_for(x, "acct") for x in c})
@@ -129,7 +236,7 @@ def test_event_ids_are_deterministic_per_revision_and_line() -> None:
 
 # ------------------------------------------------------------------------------------------ assembly
 def _records(revision: int, csv: str = CSV) -> list[bytes]:
-    lines, end = build_events(discovered(), parse_invoice_csv(csv), revision)
+    lines, end = events(invoice_discovered(**DISCOVERED), csv, revision)
     return [encode(x, "acct", T0) for x in [*lines, end]]
 
 
@@ -179,7 +286,7 @@ def test_assembler_flags_two_contents_for_one_revision() -> None:
 
 
 def test_assembler_flags_a_line_beyond_line_count() -> None:
-    lines, end = build_events(discovered(), parse_invoice_csv(CSV), 1)
+    lines, end = events(invoice_discovered(**DISCOVERED), CSV, 1)
     extra = CostLine(**(lines[0].model_dump() | {"line_index": 7}))
     asm = Assembler()
     _fold(asm, [encode(x, "acct", T0) for x in [*lines, extra, end]])

@@ -118,13 +118,15 @@ def test_shapes_are_extracted(
         ("Taxes", "", "GST (10%)", True, "tax_line", "tax"),
         ("Taxes", "", "STATE SALES TAX (6.25%)", True, "tax_line", "tax"),
         ("taxes", "", "anything", False, "tax_line", "tax"),
-        ("", "", "GST (10%)", False, "tax_line", "tax"),
+        ("", "", "GST (10%)", None, "tax_line", "tax"),  # no decision carried: the shared rule decides
+        ("Other", "", "VAT (20%)", None, "tax_line", "tax"),
         ("Droplets", "", "tax-server (s-1vcpu-1gb)", True, "tax_line", "tax"),  # the ingester's is_tax wins
         ("Spaces Subscription", "", "Spaces Subscription", False, "kind_not_inventoried", "spaces"),
         ("Spaces Subscription", "", "Spaces (sgp1) 250GB", False, "kind_not_inventoried", "spaces"),
         ("Spaces", "", "Spaces (nyc3) 250GB", False, "kind_not_inventoried", "spaces"),
-        ("GPU Droplets", "", "gpu-01 (gpu-h100x1-80gb)", False, "unknown_product", None),
-        ("Functions", "", "fn-namespace", False, "unknown_product", None),
+        ("Functions", "", "fn-namespace", False, "kind_not_inventoried", "function"),
+        ("Bandwidth", "", "Outbound transfer overage 120GB", False, "account_level", "bandwidth"),
+        ("Videos Of Cats", "", "cat-01", False, "unknown_product", None),
         ("", "", "web-01 (s-1vcpu-1gb)", False, "unknown_product", None),
         ("Droplets", "", "", False, "description_not_understood", "droplet"),
         ("Droplets", "", "   ", False, "description_not_understood", "droplet"),
@@ -136,7 +138,7 @@ def test_shapes_are_extracted(
     ],
 )
 def test_lines_without_a_resource_say_why(
-    product: str, group: str, description: str, is_tax: bool, reason: str, kind: str | None
+    product: str, group: str, description: str, is_tax: bool | None, reason: str, kind: str | None
 ) -> None:
     got = extract(product, group, description, is_tax=is_tax)
     assert isinstance(got, NotExtracted)
@@ -186,6 +188,24 @@ def test_extract_never_raises(description: str, product: str, group: str) -> Non
     assert isinstance(extract(product, group, description), Extracted | NotExtracted)
 
 
-@pytest.mark.parametrize(("text", "tax"), [("GST (10%)", True), ("State Sales Tax", True), ("web-01", False)])
-def test_tax_rule(text: str, tax: bool) -> None:
+@pytest.mark.parametrize(
+    ("text", "tax"),
+    [
+        ("GST (10%)", True),
+        ("State Sales Tax", True),
+        ("HST", True),
+        ("web-01", False),
+        ("syntax-highlighter (s-1vcpu-1gb)", False),
+        ("taxonomy-data", False),
+    ],
+)
+def test_tax_rule_is_the_shared_one(text: str, tax: bool) -> None:
     assert is_tax_description(text) is tax
+
+
+@pytest.mark.parametrize(
+    ("description", "name"),
+    [("syntax-highlighter (s-1vcpu-1gb)", "syntax-highlighter"), ("taxonomy-data (s-1vcpu-1gb)", "taxonomy-data")],
+)
+def test_a_tax_inside_a_name_is_a_resource_not_a_tax(description: str, name: str) -> None:
+    assert extract("Droplets", "", description) == Extracted("droplet", name, "droplet_name_size")

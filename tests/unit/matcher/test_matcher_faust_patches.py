@@ -198,3 +198,54 @@ def test_the_matcher_consumer_reads_committed_records_only() -> None:
             await client.stop()
 
     assert asyncio.run(build()) == ("read_committed", False)  # and faust's transaction manager stays off
+
+
+def test_table_recovery_reads_changelog_ends_from_the_fetch_side_when_given() -> None:
+    """Fix 6: the embedded broker answers ListOffsets with the last batch's first offset + 1."""
+    from collections import Counter
+
+    from faust.tables.recovery import Recovery
+
+    faust_patches.apply()
+    tps = {TP("t-line-facts-changelog", 0), TP("t-line-facts-changelog", 1), TP("t-inventory-changelog", 0)}
+
+    class _Consumer:
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 1 for tp in tps}  # what the embedded broker says after one 100-record batch
+
+    class _Log:
+        def info(self, *args: Any) -> None:
+            pass
+
+    asked: list[str] = []
+
+    def end_offsets(topic: str) -> dict[int, int]:
+        asked.append(topic)
+        return {0: 100, 1: 0} if topic == "t-line-facts-changelog" else {0: 7}
+
+    app = SimpleNamespace()
+    recovery = SimpleNamespace(app=app, log=_Log(), _highwater_logtable=lambda *a, **k: "")
+    destination: Counter = Counter()
+    asyncio.run(Recovery._build_highwaters(recovery, _Consumer(), tps, destination, "active"))
+    assert destination == {tp: 0 for tp in tps}, "without the fetch side: faust's answer (end - 1)"
+    faust_patches.use_fetch_side_end_offsets(app, end_offsets)
+    asyncio.run(Recovery._build_highwaters(recovery, _Consumer(), tps, destination, "active"))
+    assert destination == {
+        TP("t-line-facts-changelog", 0): 99,
+        TP("t-line-facts-changelog", 1): 0,  # never below the broker's answer
+        TP("t-inventory-changelog", 0): 6,
+    }
+    assert sorted(asked) == ["t-inventory-changelog", "t-line-facts-changelog"]
+
+
+def test_no_table_reads_its_own_changelog_back_after_recovery() -> None:
+    """recovery_buffer_size=1 makes faust 0.15.3 resume a table's own changelog partitions after recovery and
+    apply the worker's writes back over newer values (the lost-lines defect): every table keeps the default."""
+    from services.matcher.app import InventoryGate, MatcherOptions, create_app
+    from shared.settings import Settings
+
+    s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
+    app = create_app(s, MatcherOptions(_env_file=None), InventoryGate({}, 0))
+    tables = {t.name: t.recovery_buffer_size for t in app.tables.values()}
+    assert set(tables) == {"inventory", "line-facts", "revisions-completed", "revisions-waiting"}
+    assert all(size > 1 for size in tables.values()), tables

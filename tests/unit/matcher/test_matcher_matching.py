@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from services.matcher import handlers
+from services.matcher.assembly import Completed, LineFact, Waiting, waiting_from_json
 from services.matcher.matching import InventoryEntry, InventoryIndex, match_line
-from shared.events import CostLine, EventDecodeError, InvoiceEnd, Reconciliation, Resource, decode, encode
+from shared.events import EventDecodeError, Reconciliation, Resource, decode, encode
 from shared.kafka.records import Record
+from tests.factories import cost_line, invoice_end, record
 
 ACC = "default"
 
 
 def _e(kind: str, rid: str, name: str, account: str = ACC) -> InventoryEntry:
     return InventoryEntry(f"{account}:{kind}:{rid}", account, kind, rid, name)
-
-
-def _line(product: str, description: str, group: str = "", *, idx: int = 0, is_tax: bool = False) -> CostLine:
-    return CostLine(
-        invoice_uuid="inv",
-        revision=1,
-        line_index=idx,
-        product=product,
-        group_description=group,
-        description=description,
-        amount_minor=100,
-        is_tax=is_tax,
-    )
 
 
 @pytest.fixture
@@ -98,7 +89,9 @@ def inventory() -> InventoryIndex:
 def test_lines_match_by_kind_and_name_any_case(
     inventory: InventoryIndex, product: str, description: str, group: str, key: str, rule: str
 ) -> None:
-    m = match_line(_line(product, description, group), ACC, inventory)
+    m = match_line(
+        cost_line(product=product, description=description, group_description=group, invoice_uuid="inv"), ACC, inventory
+    )
     assert (m.resource_key, m.rule, m.unmatched_reason) == (key, rule, None)
     assert m.resource_id == key.split(":", 2)[2]
 
@@ -126,27 +119,48 @@ def test_lines_match_by_kind_and_name_any_case(
 def test_unmatched_lines_carry_a_reason(
     inventory: InventoryIndex, product: str, description: str, group: str, is_tax: bool, reason: str, kind: str | None
 ) -> None:
-    m = match_line(_line(product, description, group, is_tax=is_tax), ACC, inventory)
+    m = match_line(
+        cost_line(product=product, description=description, group_description=group, invoice_uuid="inv", is_tax=is_tax),
+        ACC,
+        inventory,
+    )
     assert (m.unmatched_reason, m.kind, m.resource_id, m.resource_key) == (reason, kind, None, None)
 
 
 def test_matching_is_per_account(inventory: InventoryIndex) -> None:
-    assert match_line(_line("Droplets", "web-01 (x)"), "other", inventory).resource_key == "other:droplet:999"
-    assert match_line(_line("Droplets", "api-01 (x)"), "other", inventory).unmatched_reason == "no_such_resource"
+    assert (
+        match_line(
+            cost_line(product="Droplets", description="web-01 (x)", invoice_uuid="inv"), "other", inventory
+        ).resource_key
+        == "other:droplet:999"
+    )
+    assert (
+        match_line(
+            cost_line(product="Droplets", description="api-01 (x)", invoice_uuid="inv"), "other", inventory
+        ).unmatched_reason
+        == "no_such_resource"
+    )
 
 
 def test_registry_needs_exactly_one(inventory: InventoryIndex) -> None:
-    assert match_line(_line("Container Registry", "basic"), "nobody", inventory).unmatched_reason == "no_such_resource"
+    assert (
+        match_line(
+            cost_line(product="Container Registry", description="basic", invoice_uuid="inv"), "nobody", inventory
+        ).unmatched_reason
+        == "no_such_resource"
+    )
     inventory.upsert(_e("registry", "second", "second"))
     assert (
-        match_line(_line("Container Registry", "basic"), ACC, inventory).unmatched_reason
+        match_line(
+            cost_line(product="Container Registry", description="basic", invoice_uuid="inv"), ACC, inventory
+        ).unmatched_reason
         == "description_not_understood"
     )
 
 
 def test_two_resources_with_one_name_are_flagged(inventory: InventoryIndex) -> None:
     inventory.upsert(_e("droplet", "400", "web-01"))
-    m = match_line(_line("Droplets", "web-01 (s)"), ACC, inventory)
+    m = match_line(cost_line(product="Droplets", description="web-01 (s)", invoice_uuid="inv"), ACC, inventory)
     assert m.resource_key == "default:droplet:400"
     assert m.rule == "droplet_name_size_ambiguous_2"
 
@@ -166,7 +180,7 @@ def test_index_upsert_rename_and_remove_are_idempotent() -> None:
 
 
 def test_enriched_event_ids_are_deterministic_and_change_with_the_match(inventory: InventoryIndex) -> None:
-    line = _line("Droplets", "ghost (s)")
+    line = cost_line(product="Droplets", description="ghost (s)", invoice_uuid="inv")
     before = match_line(line, ACC, inventory)
     again = match_line(line, ACC, inventory)
     assert decode(encode(before, ACC))[0].event_id == decode(encode(again, ACC))[0].event_id
@@ -186,15 +200,11 @@ def test_entry_round_trips_through_the_table_value() -> None:
 
 
 # ------------------------------------------------------------------------------------------- handlers
-def _rec(value: bytes | None, key: str | None = "k", offset: int = 0, topic: str = "t") -> Record:
-    return Record(topic=topic, partition=0, offset=offset, key=key, value=value)
-
-
 def test_resource_records_and_tombstones() -> None:
     r = Resource(kind="droplet", resource_id="1", name="web-01")
-    ch = handlers.resource_change(_rec(encode(r, "acc"), key="acc:droplet:1"))
+    ch = handlers.resource_change(record(encode(r, "acc"), key="acc:droplet:1"))
     assert ch.entry == InventoryEntry("acc:droplet:1", "acc", "droplet", "1", "web-01")
-    gone = handlers.resource_change(_rec(None, key="acc:droplet:1"))
+    gone = handlers.resource_change(record(None, key="acc:droplet:1"))
     assert gone.resource_key == "acc:droplet:1" and gone.entry is None
 
 
@@ -203,46 +213,80 @@ def test_resource_records_and_tombstones() -> None:
     [
         (b"not json", "acc:droplet:1"),
         (b'{"event_id": "x"}', "acc:droplet:1"),
-        (encode(_line("Droplets", "x"), "acc"), "acc:droplet:1"),  # wrong type on the topic
+        (
+            encode(cost_line(product="Droplets", description="x", invoice_uuid="inv"), "acc"),
+            "acc:droplet:1",
+        ),  # wrong type on the topic
         (encode(Resource(kind="droplet", resource_id="1", name="x"), "acc"), None),  # no key
     ],
 )
 def test_bad_resource_records_raise_for_the_dead_letter_queue(value: bytes, key: str | None) -> None:
     with pytest.raises(EventDecodeError):
-        handlers.resource_change(_rec(value, key=key))
+        handlers.resource_change(record(value, key=key))
 
 
-def _step(rec: Record, index: InventoryIndex, states: dict) -> handlers.Step:
-    step = handlers.cost_line_record(rec, index, state_of=states.get, matched_topic="m", completed_topic="c")
-    states[step.invoice_uuid] = step.state
+class _Tables:
+    """handlers.AssemblyTables over dicts, with a Step's table changes applied in the app's order."""
+
+    def __init__(self) -> None:
+        self.facts: dict[str, list[int]] = {}
+        self.done: dict[str, dict] = {}
+        self.waits: dict[str, dict] = {}
+
+    def completed(self, revision_key: str) -> Completed | None:
+        return Completed.from_json(self.done.get(revision_key))
+
+    def fact(self, fact_key: str) -> LineFact | None:
+        v = self.facts.get(fact_key)
+        return None if v is None else LineFact.from_json(v)
+
+    def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
+        return waiting_from_json(self.waits.get(invoice_uuid))
+
+    def apply(self, step: handlers.Step) -> None:
+        self.facts.update(step.facts)
+        if step.completed is not None:
+            self.done[step.completed[0]] = step.completed[1]
+        for key in step.delete_facts:
+            self.facts.pop(key, None)
+
+
+def _step(rec: Record, index: InventoryIndex, tables: _Tables) -> handlers.Step:
+    step = handlers.cost_line_record(rec, index, tables, matched_topic="m", completed_topic="c")
+    tables.apply(step)
     return step
 
 
+# The end marker of the two-line invoice (a droplet line of 100 and a tax line of 100).
+END_OF_TWO_LINES = invoice_end(
+    invoice_uuid="inv",
+    invoice_id=None,
+    invoice_date="2026-05-01",
+    line_count=2,
+    amount_net_minor=100,
+    amount_tax_minor=100,
+    csv_sha256="x",
+    reconciliation=Reconciliation(status="unknown"),
+)
+
+
 def test_cost_line_records_enrich_then_complete(inventory: InventoryIndex) -> None:
-    states: dict = {}
-    lines = [_line("Droplets", "web-01 (s)", idx=0), _line("Taxes", "GST (10%)", idx=1, is_tax=True)]
-    end = InvoiceEnd(
-        invoice_uuid="inv",
-        revision=1,
-        period="2026-04-01",
-        invoice_date="2026-05-01",
-        line_count=2,
-        amount_net_minor=100,
-        amount_tax_minor=100,
-        amount_gross_minor=200,
-        csv_sha256="x",
-        parser_version="1",
-        reconciliation=Reconciliation(status="unknown"),
-    )
+    tables = _Tables()
+    lines = [
+        cost_line(0, product="Droplets", description="web-01 (s)", invoice_uuid="inv"),
+        cost_line(1, product="Taxes", description="GST (10%)", invoice_uuid="inv", is_tax=True),
+    ]
+    end = END_OF_TWO_LINES
     outs = []
     for i, ev in enumerate([*lines, end]):
-        outs += _step(_rec(encode(ev, ACC), key="inv", offset=i), inventory, states).outs
+        outs += _step(record(encode(ev, ACC), key="inv", offset=i), inventory, tables).outs
     assert [o.topic for o in outs] == ["m", "m", "c"]
     assert all(o.key == "inv" for o in outs)
     _, done = decode(outs[-1].value)
     assert (done.line_count, done.matched_count, done.amount_gross_minor) == (2, 1, 200)
     _, first = decode(outs[0].value)
     assert first.resource_key == "default:droplet:401"
+    assert tables.facts == {} and list(tables.done) == ["inv|1"]
 
 
 @pytest.mark.parametrize(
@@ -251,4 +295,22 @@ def test_cost_line_records_enrich_then_complete(inventory: InventoryIndex) -> No
 )
 def test_bad_cost_line_records_raise_for_the_dead_letter_queue(inventory: InventoryIndex, value: bytes | None) -> None:
     with pytest.raises(EventDecodeError):
-        handlers.cost_line_record(_rec(value), inventory, state_of={}.get, matched_topic="m", completed_topic="c")
+        handlers.cost_line_record(record(value), inventory, _Tables(), matched_topic="m", completed_topic="c")
+
+
+def test_records_processed_again_after_a_crash_give_byte_identical_outputs(inventory: InventoryIndex) -> None:
+    """A crash before the tables' changelog is written means the records are read again: same bytes out."""
+    lines = [
+        cost_line(0, product="Droplets", description="web-01 (s)", invoice_uuid="inv"),
+        cost_line(1, product="Taxes", description="GST (10%)", invoice_uuid="inv", is_tax=True),
+    ]
+    end = END_OF_TWO_LINES
+    records = [record(encode(ev, ACC), key="inv", offset=i) for i, ev in enumerate([*lines, end])]
+
+    def run() -> list[bytes]:
+        tables = _Tables()
+        return [o.value for r in records for o in _step(r, inventory, tables).outs]
+
+    first = run()
+    assert len(first) == 3
+    assert run() == first

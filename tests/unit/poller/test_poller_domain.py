@@ -244,3 +244,10 @@ def test_schedule_seconds_field_and_invalid_cron() -> None:
     assert s.next_due()[0] == datetime(2026, 4, 1, 0, 0, 2, tzinfo=UTC)
     with pytest.raises(ScheduleError, match="history"):
         Schedule({"history": "every day"}, datetime(2026, 4, 1, tzinfo=UTC))
+
+
+def test_previous_tick_is_what_a_catch_up_makes_up_for() -> None:
+    s = Schedule({"balance": "7 * * * *", "history": "23 2 * * *"}, datetime(2026, 5, 14, 10, 0, tzinfo=UTC))
+    assert s.previous("history", datetime(2026, 5, 14, 10, 0, tzinfo=UTC)) == datetime(2026, 5, 14, 2, 23, tzinfo=UTC)
+    assert s.previous("history", datetime(2026, 5, 14, 1, 0, tzinfo=UTC)) == datetime(2026, 5, 13, 2, 23, tzinfo=UTC)
+    assert s.previous("balance", datetime(2026, 5, 14, 10, 6)) == datetime(2026, 5, 14, 9, 7, tzinfo=UTC)  # naive: UTC

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -11,8 +12,15 @@ import pytest
 from pydantic import SecretStr
 
 from services.poller import handlers
-from services.poller.poller import Poller, PollInterrupted, interruptible_sleep
-from shared.digitalocean import RESOURCE_ENDPOINTS, DigitalOceanAuthError, DigitalOceanClient
+from services.poller.domain import Known
+from services.poller.poller import Poller
+from shared.digitalocean import (
+    RESOURCE_ENDPOINTS,
+    DigitalOceanAuthError,
+    DigitalOceanClient,
+    DigitalOceanInterrupted,
+    interruptible_sleep,
+)
 from shared.events import decode
 from shared.kafka import DeliveryError, StopSignal
 from shared.kafka.records import Out
@@ -72,7 +80,11 @@ def do_handler(*, invoices_status: int = 200, fail_paths: Mapping[str, int] | No
             )
         for ep in RESOURCE_ENDPOINTS.values():
             if path == ep.path:
-                return httpx.Response(200, json={ep.key: resources.get(ep.key, [])})
+                listed = resources.get(ep.key, [])
+                if ep.key == "droplets":  # as DigitalOcean: GPU droplets only with type=gpus
+                    gpus = request.url.params.get("type") == "gpus"
+                    listed = [d for d in listed if str(d.get("size_slug", "")).startswith("gpu-") is gpus]
+                return httpx.Response(200, json={ep.key: listed})
         return httpx.Response(404, json={"id": "not_found"})
 
     return handle
@@ -105,6 +117,42 @@ def test_poll_history_without_invoices_listing_derives_periods() -> None:
     assert discovered["u-jun"].period == "2018-06-01"  # the month before 2018-07-01
 
 
+def test_a_resource_gone_is_sent_as_history_not_forgotten() -> None:
+    """Known from a previous sync: a record with exists=False and its seen times (same event when re-sent)."""
+    t1, t2 = datetime(2026, 4, 2, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC)
+    last = {
+        "kind": "droplet",
+        "resource_id": "3",
+        "name": "old-box",
+        "region": "syd1",
+        "attributes": {"created_at": "2026-04-01T00:00:00Z"},
+    }
+    known = {"droplet": {"3": Known("old-box", t1, t2, last)}, "registry": {"old": Known("old", t1, t2, None)}}
+    out = handlers.poll_resources(client(do_handler()), "acme", "", known)
+    gone = {k: d for _, k, d in decoded(out.outs) if d is not None and not d.exists}
+    r = gone["acme:droplet:3"]
+    assert (r.name, r.region, r.first_seen, r.last_seen, r.attributes["created_at"]) == (
+        "old-box",
+        "syd1",
+        t1,
+        t2,
+        "2026-04-01T00:00:00Z",
+    )
+    assert gone["acme:registry:old"].name == "old"  # stored before history: its name and seen times
+    again = handlers.poll_resources(client(do_handler()), "acme", "", known)
+    ids = [decode(o.value)[0].event_id for o in out.outs if o.value is not None]
+    assert [decode(o.value)[0].event_id for o in again.outs if o.value is not None] == ids  # the same events
+    assert not any(o.value is None for o in out.outs)  # no tombstone
+
+
+def test_gpu_droplets_are_inventoried_from_their_own_listing() -> None:
+    gpu = {"id": 77, "name": "gpu-box", "size_slug": "gpu-h100x1-80gb", "region": {"slug": "tor1"}}
+    resources = {**RESOURCES, "droplets": [*RESOURCES.get("droplets", []), gpu]}
+    out = handlers.poll_resources(client(do_handler(resources=resources)), "acme", "", {})
+    keys = [k for _, k, d in decoded(out.outs) if d is not None]
+    assert "acme:gpu_droplet:77" in keys and "acme:droplet:77" not in keys
+
+
 def test_poll_resources_tombstones_partial_failure_and_bad_entries() -> None:
     previous = {"droplet": {"1", "2", "3"}, "volume": {"v1", "v0"}, "registry": {"old"}}
     out = handlers.poll_resources(client(do_handler(fail_paths={"/v2/volumes": 500})), "acme", "", previous)
@@ -119,6 +167,25 @@ def test_poll_resources_tombstones_partial_failure_and_bad_entries() -> None:
     out = handlers.poll_resources(client(do_handler(resources=bad)), "acme", "", previous)
     assert "droplet" not in out.listed_kinds  # incomplete listing: no tombstones for droplets
     assert [k for _, k, d in decoded(out.outs) if d is None] == ["acme:registry:old", "acme:volume:v0"]
+
+
+def test_a_listing_cut_short_of_its_total_tombstones_nothing_of_its_kind() -> None:
+    """Page 1 of droplets with `links` but no `next` while meta.total says 3: droplet 2 was only not listed,
+    it is not gone. (The walk used to stop there and tombstone droplet 2.)"""
+    base = do_handler()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/droplets":
+            page = [{"id": 1, "name": "web-01"}]
+            return httpx.Response(200, json={"droplets": page, "links": {"pages": {}}, "meta": {"total": 3}})
+        return base(request)
+
+    previous = {"droplet": {"1", "2"}, "registry": {"reg"}}
+    out = handlers.poll_resources(client(handle), "acme", "", previous)
+    tombstones = [k for _, k, d in decoded(out.outs) if d is None]
+    assert "acme:droplet:2" not in tombstones
+    assert "droplet" not in out.listed_kinds and out.partial
+    assert "1 of 3" in out.detail["failed_kinds"]["droplet"]
 
 
 def test_poll_resources_all_kinds_failing_raises_the_first_error() -> None:
@@ -150,6 +217,9 @@ class FakeStore:
         self.finished.append((job, account, status, events, error))
 
     def previous_inventory(self, account):
+        return {}
+
+    def known_inventory(self, account):
         return {}
 
     def save_inventory(self, account, current, listed) -> None:
@@ -241,5 +311,5 @@ def test_stop_interrupts_retry_waits() -> None:
     sleep = interruptible_sleep(stop)
     sleep(0.0)  # not stopping: returns
     stop.set()
-    with pytest.raises(PollInterrupted):
+    with pytest.raises(DigitalOceanInterrupted):
         sleep(30.0)

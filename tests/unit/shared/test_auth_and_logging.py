@@ -47,3 +47,94 @@ def test_scrub_removes_tokens() -> None:
     out = scrub(text)
     assert "dop_v1_abc123" not in out and "dop_v1_zzz" not in out and "eyJzdWIi" not in out
     assert "Bearer ****" in out
+
+
+# ----------------------------------------------------------------------------------------- no secret in logs
+LEGACY = "5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f"  # a 64-hex DigitalOcean token
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("connect postgresql://cloudbill:hunter2-pw@db:5432/cloudbill failed", "hunter2-pw"),
+        ("GET https://example.test/x?user=a&password=pw-in-query&b=1", "pw-in-query"),
+        ("env DIGITALOCEAN_TOKEN=tok-in-env SKYAI_FINANCE_JWT_SECRET=fin-in-env", "tok-in-env"),
+        ("env DIGITALOCEAN_TOKEN=tok-in-env SKYAI_FINANCE_JWT_SECRET=fin-in-env", "fin-in-env"),
+        ('{"api_secret": "json-secret", "other": 1}', "json-secret"),
+        (f"Authorization: {LEGACY}", LEGACY),
+        (f"token={LEGACY}", LEGACY),
+        ("refresh dor_v1_abcdef0123 and oauth doo_v1_abcdef0123", "_v1_abcdef0123"),
+    ],
+)
+def test_scrub_recognises_credentials_by_shape(text: str, secret: str) -> None:
+    assert secret not in scrub(text)
+
+
+def test_scrub_keeps_content_hashes_and_ordinary_words() -> None:
+    text = f"payload_hash={LEGACY} invalid token: expired; max_tokens=5"
+    assert scrub(text) == text
+
+
+def test_registered_secrets_are_masked_whatever_their_shape() -> None:
+    from shared.logging import register_secrets
+
+    register_secrets(["plain words as a secret!", "short", None])
+    out = scrub("x plain words as a secret! y plain+words+as+a+secret%21 z short")
+    assert "plain words" not in out and "plain+words" not in out
+    assert out.endswith("short")  # too short to mask without wrecking every log line
+
+
+def _record(msg: str, *args: object, exc: bool = False, **extra: object):
+    import logging
+    import sys
+
+    exc_info = None
+    if exc:
+        try:
+            raise RuntimeError("boom with dop_v1_traceback0secret inside")
+        except RuntimeError:
+            exc_info = sys.exc_info()
+    rec = logging.LogRecord("t", logging.ERROR, __file__, 1, msg, args, exc_info)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_json_and_console_lines_are_scrubbed_whole() -> None:
+    import json
+
+    from shared.logging import ConsoleFormatter, JsonFormatter
+
+    rec = _record(
+        "poll %s", "dop_v1_argsecret0000", exc=True, password="extra-pw-value", url="https://u:urlpw-x@h/?token=qt"
+    )
+    line = JsonFormatter().format(rec)
+    for leaked in ("argsecret", "traceback0secret", "extra-pw-value", "urlpw-x", "token=qt"):
+        assert leaked not in line
+    body = json.loads(line)
+    assert body["password"] == "****" and "Traceback" in body["exc"]
+    console = ConsoleFormatter("svc").format(_record("poll %s", "dop_v1_argsecret0000", exc=True))
+    assert "Traceback" in console and "traceback0secret" not in console and "argsecret" not in console
+
+
+def test_uncaught_exceptions_are_logged_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import sys
+    import threading
+
+    from shared import logging as cblog
+
+    saved = logging.getLogger().handlers[:], sys.excepthook, threading.excepthook
+    try:
+        cblog.setup("svc", "json")
+        t = threading.Thread(target=lambda: (_ for _ in ()).throw(ValueError("dop_v1_threadsecret99")))
+        t.start()
+        t.join()
+        try:
+            raise KeyError("dop_v1_mainsecret0099")
+        except KeyError:
+            sys.excepthook(*sys.exc_info())
+    finally:
+        logging.getLogger().handlers[:], sys.excepthook, threading.excepthook = saved
+    err = capsys.readouterr().err
+    assert err.count('"level": "critical"') == 2
+    assert "threadsecret" not in err and "mainsecret" not in err

@@ -7,57 +7,43 @@ from shared.events import (
     EVENT_TYPES,
     CostLine,
     EventDecodeError,
-    InvoiceDiscovered,
     InvoiceEnd,
     Reconciliation,
     decode,
     encode,
     make_envelope,
 )
+from tests.factories import cost_line, invoice_discovered
 
-
-def _discovered(**kw) -> InvoiceDiscovered:
-    base = dict(
-        invoice_uuid="u-1",
-        invoice_id="123",
-        period="2026-04-01",
-        amount_minor=8692,
-        date=datetime(2026, 5, 1, 8, 0, tzinfo=UTC),
-    )
-    return InvoiceDiscovered(**(base | kw))
-
-
-def _line(i: int = 0, revision: int = 1, **kw) -> CostLine:
-    base = dict(
-        invoice_uuid="u-1",
-        revision=revision,
-        line_index=i,
-        product="Droplets",
-        description="web-01 (s-1vcpu-1gb)",
-        amount_minor=600,
-        is_tax=False,
-    )
-    return CostLine(**(base | kw))
+WEB01 = {"invoice_uuid": "u-1", "description": "web-01 (s-1vcpu-1gb)"}
 
 
 def test_event_id_is_deterministic_and_ignores_occurred_at() -> None:
-    a = make_envelope(_discovered(), "main", datetime(2026, 1, 1, tzinfo=UTC))
-    b = make_envelope(_discovered(), "main", datetime(2026, 6, 1, tzinfo=UTC))
+    a = make_envelope(invoice_discovered(invoice_uuid="u-1"), "main", datetime(2026, 1, 1, tzinfo=UTC))
+    b = make_envelope(invoice_discovered(invoice_uuid="u-1"), "main", datetime(2026, 6, 1, tzinfo=UTC))
     assert a.event_id == b.event_id
     assert a.occurred_at != b.occurred_at
 
 
 def test_event_id_changes_with_content_account_and_type() -> None:
-    base = make_envelope(_discovered(), "main").event_id
-    assert make_envelope(_discovered(amount_minor=1), "main").event_id != base
-    assert make_envelope(_discovered(), "other").event_id != base
+    base = make_envelope(invoice_discovered(invoice_uuid="u-1"), "main").event_id
+    assert make_envelope(invoice_discovered(invoice_uuid="u-1", amount_minor=1), "main").event_id != base
+    assert make_envelope(invoice_discovered(invoice_uuid="u-1"), "other").event_id != base
 
 
 def test_identity_narrows_what_makes_an_event_the_same() -> None:
     # A cost line is identified by (invoice, revision, line index): a re-sent line has the same id.
-    assert make_envelope(_line(0), "a").event_id == make_envelope(_line(0, amount_minor=1), "a").event_id
-    assert make_envelope(_line(0), "a").event_id != make_envelope(_line(1), "a").event_id
-    assert make_envelope(_line(0, revision=2), "a").event_id != make_envelope(_line(0), "a").event_id
+    assert (
+        make_envelope(cost_line(0, 600, **WEB01), "a").event_id == make_envelope(cost_line(0, 1, **WEB01), "a").event_id
+    )
+    assert (
+        make_envelope(cost_line(0, 600, **WEB01), "a").event_id
+        != make_envelope(cost_line(1, 600, **WEB01), "a").event_id
+    )
+    assert (
+        make_envelope(cost_line(0, 600, **WEB01, revision=2), "a").event_id
+        != make_envelope(cost_line(0, 600, **WEB01), "a").event_id
+    )
 
 
 def test_round_trip_through_bytes() -> None:
@@ -115,4 +101,4 @@ def test_unknown_or_invalid_events_are_decode_errors(raw: bytes | None, message:
 
 def test_extra_fields_are_refused_rather_than_silently_dropped() -> None:
     with pytest.raises(ValueError):
-        CostLine(**(_line().model_dump() | {"surprise": 1}))
+        CostLine(**(cost_line(0, 600, **WEB01).model_dump() | {"surprise": 1}))

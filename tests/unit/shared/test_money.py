@@ -4,7 +4,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.money import Money, MoneyError, format_minor, parse_decimal, parse_minor, parse_money
+from shared.money import (
+    Money,
+    MoneyError,
+    format_minor,
+    loads_exact,
+    money_from_json,
+    parse_decimal,
+    parse_minor,
+    parse_money,
+)
 
 
 @pytest.mark.parametrize(
@@ -95,3 +104,36 @@ def test_grouped_dollar_form_round_trips(minor: int) -> None:
     whole, cents = divmod(minor, 100)
     assert parse_minor(f"${whole:,}.{cents:02d}") == minor
     assert parse_minor(f"-${whole:,}.{cents:02d}") == -minor
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["$١٢.٣٤", "１２.34", "12.３4", "$1²", "৪.00"],  # Arabic-Indic, full-width, superscript, Bengali
+)
+def test_non_ascii_digits_are_refused_naming_the_character(text: str) -> None:
+    with pytest.raises(MoneyError, match="non-ASCII digit"):
+        parse_minor(text)
+
+
+def test_amounts_beyond_18_digits_in_minor_units_are_refused() -> None:
+    assert parse_minor("9999999999999999.99") == 999999999999999999  # 18 digits
+    for text in ("10000000000000000.00", "-10000000000000000", "1" + "0" * 400):
+        with pytest.raises(MoneyError, match="beyond 18 digits"):
+            parse_minor(text)
+
+
+def test_long_fractions_are_not_rounded_by_the_decimal_context() -> None:
+    with pytest.raises(MoneyError, match="more decimals"):
+        parse_minor("1.000000000000000000000000000001")
+    assert parse_minor("1.000000000000000000000000000000") == 100
+
+
+def test_json_money_is_exact_and_never_a_float() -> None:
+    body = loads_exact(b'{"a": "12.34", "b": 12.34, "c": 1234567890123456.78, "d": 7}')
+    assert body["b"] == Decimal("12.34") and isinstance(body["b"], Decimal)
+    assert [money_from_json(body[k]) for k in "abcd"] == [1234, 1234, 123456789012345678, 700]
+    for bad in (12.34, True, None, [1]):
+        with pytest.raises(MoneyError):
+            money_from_json(bad)
+    with pytest.raises(ValueError):
+        loads_exact('{"a": NaN}')

@@ -8,7 +8,7 @@ def _s(**env) -> Settings:
     return Settings(_env_file=None, **env)
 
 
-def test_defaults_match_the_brief() -> None:
+def test_defaults_match_the_documented_contract() -> None:
     s = _s()
     assert s.skyai_finance_url == "http://localhost:4010"
     assert s.skyai_finance_jwt_algorithm == "HS512"
@@ -70,3 +70,66 @@ def test_masked_configuration_hides_every_secret() -> None:
 def test_mask_url_without_password_is_unchanged() -> None:
     assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert mask_url("postgresql:///db?host=/tmp") == "postgresql:///db?host=/tmp"
+
+
+def test_repr_and_str_never_show_a_secret() -> None:
+    s = _s(
+        database_url="postgresql://cb:pgpassword@db:5432/cloudbill?sslpassword=keypw",
+        digitalocean_token=SecretStr("dop_v1_supersecrettoken1234"),
+        api_jwt_secret=SecretStr("api-secret-value-xyz-0123456789-abcdef"),
+        skyai_finance_url="https://fin:finpw@finance.example",
+    )
+    for text in (repr(s), str(s)):
+        for secret in ("pgpassword", "keypw", "supersecrettoken", "api-secret-value", "finpw"):
+            assert secret not in text
+
+
+def test_every_secret_is_known_to_the_log_scrubber() -> None:
+    s = _s(
+        database_url="postgresql://cb:p%40ssword@db/cloudbill?password=q-pw",
+        digitalocean_token=SecretStr("t" * 64),
+        digitalocean_accounts="lab=" + "a" * 64,
+        skyai_finance_jwt_secret=SecretStr("f" * 40),
+        api_jwt_secret=SecretStr("s" * 40),
+        alert_webhook_url=SecretStr("https://hooks.example/services/T0/B0/whsecretpath"),
+        alert_webhook_secret=SecretStr("w" * 40),
+    )
+    assert set(s.secret_values()) == {
+        "p@ssword",
+        "q-pw",
+        "t" * 64,
+        "a" * 64,
+        "f" * 40,
+        "s" * 40,
+        "https://hooks.example/services/T0/B0/whsecretpath",
+        "w" * 40,
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "lab:" + "ab" * 32,  # the typo: ':' for '='
+        "bad name=" + "ab" * 32,
+        '[{"name": "x y", "token": "' + "ab" * 32 + '"}]',
+        '[{"name": "x", "token": "' + "ab" * 32 + '"',
+    ],
+)
+def test_a_mistyped_account_list_is_one_line_without_the_token(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import describe_validation_error
+
+    monkeypatch.setenv("DIGITALOCEAN_ACCOUNTS", raw)
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)
+    for text in (str(info.value), repr(info.value), describe_validation_error(info.value)):
+        assert "abab" not in text  # not even a part of it
+    line = describe_validation_error(info.value)
+    assert "\n" not in line and line.startswith("invalid configuration: DIGITALOCEAN_ACCOUNTS")
+
+
+def test_mask_url_hides_secret_query_values() -> None:
+    assert mask_url("https://h/p?user=u&password=x&api_key=y&db_password=z") == (
+        "https://h/p?user=u&password=****&api_key=****&db_password=****"
+    )

@@ -295,6 +295,32 @@ def test_truncated_csv_body(do_client: httpx.Client, april: Scenario) -> None:
     assert do_client.get(APRIL_CSV).content == full
 
 
+def test_truncated_csv_rows_stops_after_a_whole_row(do_client: httpx.Client, april: Scenario) -> None:
+    full = april.csv_bytes(APRIL_2026_INVOICE_UUID)
+    do_client.post("/_sim/faults", json={"truncate_csv": 1, "truncate_mode": "rows"})
+    cut = do_client.get(APRIL_CSV).content
+    assert full.startswith(cut) and cut.endswith(b"\n") and len(cut) <= len(full) // 2
+    assert do_client.get(APRIL_CSV).content == full
+
+
+def test_a_csv_replaced_at_runtime_is_served_with_its_items_and_summary(
+    do_client: httpx.Client, april: Scenario
+) -> None:
+    full = april.csv_bytes(APRIL_2026_INVOICE_UUID)
+    other = full.replace(b"GST (10%),,2026-04-01 00:00:00 +0000,2026-04-30 23:59:59 +0000,$7.90", b"GST (10%),,,,$7.00")
+    assert other != full
+    assert do_client.put(f"/_sim/invoices/{APRIL_2026_INVOICE_UUID}/csv", content=other).json()["replaced"]
+    assert do_client.get(APRIL_CSV).content == other
+    summary = do_client.get(f"/v2/customers/my/invoices/{APRIL_2026_INVOICE_UUID}/summary").json()
+    assert summary["taxes"]["amount"] == "7.00"
+    bad = do_client.put(f"/_sim/invoices/{APRIL_2026_INVOICE_UUID}/csv", content=b"product,USD\ncaf\xe9,$1\n").json()
+    assert "not UTF-8" in bad["warning"]
+    assert do_client.get(APRIL_CSV).content == b"product,USD\ncaf\xe9,$1\n"  # byte for byte, never re-encoded
+    do_client.delete(f"/_sim/invoices/{APRIL_2026_INVOICE_UUID}/csv")
+    assert do_client.get(APRIL_CSV).content == full
+    assert do_client.put("/_sim/invoices/not-an-invoice/csv", content=b"x").status_code == 404
+
+
 def test_truncated_csv_connection(do_client: httpx.Client, april: Scenario) -> None:
     do_client.post("/_sim/faults", json={"truncate_csv": 1, "truncate_mode": "connection"})
     with pytest.raises(httpx.RemoteProtocolError):

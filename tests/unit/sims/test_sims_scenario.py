@@ -160,11 +160,6 @@ def _break(folder: Path, name: str, content: str | bytes | None) -> None:
         ("resources.json", '{"apps": [{"id": "a"}]}', "apps[0] must be an object with an id and spec.name"),
         ("invoices.json", '{"x": 1}', "invoices.json: must be a list"),
         (f"invoices/{UUID}.csv", None, f"invoices/{UUID}.csv: missing file"),
-        (f"invoices/{UUID}.csv", b"", "empty CSV"),
-        (f"invoices/{UUID}.csv", b"product,description\nDroplets,x\n", "CSV header lacks USD"),
-        (f"invoices/{UUID}.csv", b"product,description,USD\nDroplets,x\n", "line 2 has 2 fields, the header 3"),
-        (f"invoices/{UUID}.csv", b"product,description,USD\nDroplets,x,lots\n", "line 2: USD not a money value"),
-        (f"invoices/{UUID}.csv", b"product,description,USD\n\xff\xfe,x,$1\n", "not UTF-8"),
         (f"invoices/{UUID}.json", "{}", "must be a list of invoice items"),
         (f"invoices/{UUID}.summary.json", "[]", "must be an invoice summary object"),
         (
@@ -181,6 +176,30 @@ def test_broken_file_is_named(folder: Path, name: str, content: str | bytes | No
     assert expected in str(exc.value)
     assert Path(name).name in str(exc.value)
     assert Path(name).name in exc.value.file
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty CSV"),
+        (b"product,description\nDroplets,x\n", "CSV header lacks USD"),
+        (b"product,description,USD\nDroplets,x\n", "line 2 has 2 fields, the header 3"),
+        (b"product,description,USD\nDroplets,x,lots\n", "line 2: USD not a money value"),
+        (b"product,description,USD\n\xff\xfe,x,$1\n", "not UTF-8"),
+        (b"product,description,USD\nDrop\x00lets,x,$1\n", "a NUL byte at offset 28"),
+    ],
+)
+def test_a_broken_csv_is_served_byte_for_byte_with_a_warning(
+    folder: Path, content: bytes, expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CSV is what DigitalOcean serves: a client must meet a broken one end to end, not a refusing simulator."""
+    _break(folder, f"invoices/{UUID}.csv", content)
+    with caplog.at_level("WARNING"):
+        sc = load_scenario(folder)
+    assert sc.csv_bytes(UUID) == content
+    (warning,) = sc.warnings
+    assert expected in warning and f"{UUID}.csv" in warning and expected in caplog.text
+    assert isinstance(sc.items(UUID), list) and isinstance(sc.summary(UUID), dict)  # lenient, never raising
 
 
 def test_unknown_scenario_names_builtins(tmp_path: Path) -> None:

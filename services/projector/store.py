@@ -7,15 +7,18 @@ revision only grows, and a line of a revision older than the served one is dropp
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
-from itertools import groupby
-from typing import Any
+from typing import Any, cast
 
 import psycopg
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from services.api.domain import (
+from services.projector.domain import (
     RANK,
+    AdminAction,
+    AlertRaised,
     BalanceSnapshot,
     Change,
     Completed,
@@ -28,6 +31,7 @@ from services.api.domain import (
     ResourceGone,
     ResourceSeen,
 )
+from shared.db import DictConnection
 
 S = "readmodel"
 
@@ -54,6 +58,14 @@ _TOTALS = (
     "reconciliation_status",
     "reconciliation_expected_minor",
     "reconciliation_difference_minor",
+    "reconciliation_actual_minor",
+    "reconciliation_tolerance_minor",
+    "reconciliation_reason",
+    "reconciliation_checks",
+)
+_TOTALS_VALUES = (
+    "%(line_count)s, %(net)s, %(tax)s, %(gross)s, %(rec_status)s, %(rec_expected)s, %(rec_difference)s,"
+    " %(rec_actual)s, %(rec_tolerance)s, %(rec_reason)s, %(rec_checks)s"
 )
 
 
@@ -105,7 +117,7 @@ INSERT INTO {S}.invoices AS i (invoice_uuid, account, invoice_id, period, invoic
     {", ".join(_TOTALS)})
 VALUES (%(invoice_uuid)s, %(account)s, %(invoice_id)s, %(period)s, %(invoice_date)s, %(currency)s,
     %(revision)s, {RANK["ingested"]}, %(revision)s, %(line_count)s, %(csv_sha256)s, %(parser_version)s,
-    %(line_count)s, %(net)s, %(tax)s, %(gross)s, %(rec_status)s, %(rec_expected)s, %(rec_difference)s)
+    {_TOTALS_VALUES})
 ON CONFLICT (invoice_uuid) DO UPDATE SET
 {_HEADER_SET},
 {_STATUS_SET},
@@ -116,15 +128,21 @@ ON CONFLICT (invoice_uuid) DO UPDATE SET
 _COMPLETION_IS_LATEST = "(i.revision IS NULL OR EXCLUDED.revision >= i.revision)"
 SQL_COMPLETED = f"""
 INSERT INTO {S}.invoices AS i (invoice_uuid, account, invoice_id, period, invoice_date, currency,
-    status_revision, status_rank, revision, matched_count, {", ".join(_TOTALS)})
+    status_revision, status_rank, revision, matched_count, held, hold_reason, {", ".join(_TOTALS)})
 VALUES (%(invoice_uuid)s, %(account)s, %(invoice_id)s, %(period)s, %(invoice_date)s, %(currency)s,
-    %(revision)s, {RANK["completed"]}, %(revision)s, %(matched_count)s,
-    %(line_count)s, %(net)s, %(tax)s, %(gross)s, %(rec_status)s, %(rec_expected)s, %(rec_difference)s)
+    %(revision)s, {RANK["completed"]}, %(revision)s, %(matched_count)s, %(held)s, %(hold_reason)s,
+    {_TOTALS_VALUES})
 ON CONFLICT (invoice_uuid) DO UPDATE SET
 {_HEADER_SET},
 {_STATUS_SET},
-{_when(_COMPLETION_IS_LATEST, ("revision", "matched_count", *_TOTALS))}
+{_when(_COMPLETION_IS_LATEST, ("revision", "matched_count", "held", "hold_reason", *_TOTALS))}
 RETURNING revision, period
+"""
+
+SQL_ADMIN_ACTION = f"""
+INSERT INTO {S}.invoice_actions (event_id, invoice_uuid, action, revision, actor, reason, at)
+VALUES (%(event_id)s, %(invoice_uuid)s, %(action)s, %(revision)s, %(actor)s, %(reason)s, %(at)s)
+ON CONFLICT (event_id) DO NOTHING
 """
 
 # The revision that just became current: older lines go, its own lines become served — one transaction.
@@ -149,29 +167,67 @@ ON CONFLICT (invoice_uuid) DO UPDATE SET
 {_when(_PUSH_IS_LATEST, ("pushed_revision", "pushed_to_finance_at", "finance_invoice_id", "finance_action", "payload_sha256"))}
 """
 
-# A matched line is stored unless its revision is older than the served one; it is served (current, with the
-# invoice's period) only when its revision is the served one.
-SQL_LINE = f"""
+# Matched lines, the bulk of any month's traffic, go in batches: COPY into a session-local staging table, then
+# one INSERT ... SELECT. A line is stored unless its revision is older than the served one; it is served (current,
+# with the invoice's period) only when its revision is the served one. A batch may hold the same line twice (a
+# redelivery): the last copy wins (DISTINCT ON ... seq DESC), as it would applied one by one.
+LINE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("invoice_uuid", "text"),
+    ("revision", "integer"),
+    ("line_index", "integer"),
+    ("account", "text"),
+    ("product", "text"),
+    ("group_description", "text"),
+    ("description", "text"),
+    ("hours", "integer"),
+    ("start_at", "timestamptz"),
+    ("end_at", "timestamptz"),
+    ("amount_minor", "bigint"),
+    ("currency", "text"),
+    ("project_name", "text"),
+    ("category", "text"),
+    ("is_tax", "boolean"),
+    ("kind", "text"),
+    ("name", "text"),
+    ("resource_id", "text"),
+    ("resource_key", "text"),
+    ("rule", "text"),
+    ("unmatched_reason", "text"),
+    ("event_id", "text"),
+    ("attributed_by", "text"),
+    ("still_exists", "boolean"),
+    ("item_resource_id", "text"),
+    ("item_resource_uuid", "text"),
+    ("duration", "text"),
+    ("duration_unit", "text"),
+    ("item_join", "text"),
+    ("item_note", "text"),
+)
+_LINE_NAMES = ", ".join(n for n, _ in LINE_FIELDS)
+# ON COMMIT DELETE ROWS: emptied at every commit without vacuum; `batch` tells the writes of one transaction apart.
+SQL_LINES_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS cost_lines_in (batch bigint NOT NULL, seq integer NOT NULL, "
+    + ", ".join(f"{n} {t}" for n, t in LINE_FIELDS)
+    + ") ON COMMIT DELETE ROWS"
+)
+SQL_LINES_COPY = f"COPY pg_temp.cost_lines_in (batch, seq, {_LINE_NAMES}) FROM STDIN"
+SQL_LINES_UPSERT = f"""
 INSERT INTO {S}.cost_lines AS c (invoice_uuid, revision, line_index, account, current, period, product,
     group_description, description, hours, start_at, end_at, amount_minor, currency, project_name, category,
-    is_tax, kind, name, resource_id, resource_key, rule, unmatched_reason, event_id)
-SELECT v.invoice_uuid, v.revision, v.line_index, v.account,
+    is_tax, kind, name, resource_id, resource_key, rule, unmatched_reason, event_id, attributed_by, still_exists,
+    item_resource_id, item_resource_uuid, duration, duration_unit, item_join, item_note)
+SELECT DISTINCT ON (v.invoice_uuid, v.revision, v.line_index)
+       v.invoice_uuid, v.revision, v.line_index, v.account,
        COALESCE(inv.revision = v.revision, false),
        CASE WHEN inv.revision = v.revision THEN inv.period END,
        v.product, v.group_description, v.description, v.hours, v.start_at, v.end_at, v.amount_minor, v.currency,
        v.project_name, v.category, v.is_tax, v.kind, v.name, v.resource_id, v.resource_key, v.rule,
-       v.unmatched_reason, v.event_id
-FROM (SELECT %(invoice_uuid)s::text AS invoice_uuid, %(revision)s::integer AS revision,
-             %(line_index)s::integer AS line_index, %(account)s::text AS account, %(product)s::text AS product,
-             %(group_description)s::text AS group_description, %(description)s::text AS description,
-             %(hours)s::integer AS hours, %(start)s::timestamptz AS start_at, %(end)s::timestamptz AS end_at,
-             %(amount_minor)s::bigint AS amount_minor, %(currency)s::text AS currency,
-             %(project_name)s::text AS project_name, %(category)s::text AS category, %(is_tax)s::boolean AS is_tax,
-             %(kind)s::text AS kind, %(name)s::text AS name, %(resource_id)s::text AS resource_id,
-             %(resource_key)s::text AS resource_key, %(rule)s::text AS rule,
-             %(unmatched_reason)s::text AS unmatched_reason, %(event_id)s::text AS event_id) AS v
+       v.unmatched_reason, v.event_id, v.attributed_by, v.still_exists, v.item_resource_id, v.item_resource_uuid,
+       v.duration, v.duration_unit, v.item_join, v.item_note
+FROM pg_temp.cost_lines_in v
 LEFT JOIN {S}.invoices inv ON inv.invoice_uuid = v.invoice_uuid
-WHERE inv.revision IS NULL OR v.revision >= inv.revision
+WHERE v.batch = %s AND (inv.revision IS NULL OR v.revision >= inv.revision)
+ORDER BY v.invoice_uuid, v.revision, v.line_index, v.seq DESC
 ON CONFLICT (invoice_uuid, revision, line_index) DO UPDATE SET
     account = EXCLUDED.account, current = EXCLUDED.current, period = EXCLUDED.period, product = EXCLUDED.product,
     group_description = EXCLUDED.group_description, description = EXCLUDED.description, hours = EXCLUDED.hours,
@@ -179,8 +235,12 @@ ON CONFLICT (invoice_uuid, revision, line_index) DO UPDATE SET
     currency = EXCLUDED.currency, project_name = EXCLUDED.project_name, category = EXCLUDED.category,
     is_tax = EXCLUDED.is_tax, kind = EXCLUDED.kind, name = EXCLUDED.name, resource_id = EXCLUDED.resource_id,
     resource_key = EXCLUDED.resource_key, rule = EXCLUDED.rule, unmatched_reason = EXCLUDED.unmatched_reason,
-    event_id = EXCLUDED.event_id
+    event_id = EXCLUDED.event_id, attributed_by = EXCLUDED.attributed_by, still_exists = EXCLUDED.still_exists,
+    item_resource_id = EXCLUDED.item_resource_id, item_resource_uuid = EXCLUDED.item_resource_uuid,
+    duration = EXCLUDED.duration, duration_unit = EXCLUDED.duration_unit, item_join = EXCLUDED.item_join,
+    item_note = EXCLUDED.item_note
 """
+_BATCHES = itertools.count(1)
 
 # "matched": every line of the latest ingested revision is in, its completion not yet.
 SQL_MARK_MATCHED = f"""
@@ -192,12 +252,24 @@ WHERE i.invoice_uuid = ANY(%s) AND i.ingested_revision IS NOT NULL
 """
 
 SQL_RESOURCE = f"""
-INSERT INTO {S}.resources AS r (account, kind, resource_id, name, region, attributes, event_id)
-VALUES (%(account)s, %(kind)s, %(resource_id)s, %(name)s, %(region)s, %(attributes)s, %(event_id)s)
+INSERT INTO {S}.resources AS r (account, kind, resource_id, name, region, attributes, event_id, exists_now,
+    first_seen, last_seen)
+VALUES (%(account)s, %(kind)s, %(resource_id)s, %(name)s, %(region)s, %(attributes)s, %(event_id)s, %(exists)s,
+    %(first_seen)s, %(last_seen)s)
 ON CONFLICT (account, kind, resource_id) DO UPDATE SET
-    name = EXCLUDED.name, region = EXCLUDED.region, attributes = EXCLUDED.attributes, event_id = EXCLUDED.event_id
+    name = EXCLUDED.name, region = EXCLUDED.region, attributes = EXCLUDED.attributes, event_id = EXCLUDED.event_id,
+    exists_now = EXCLUDED.exists_now, first_seen = COALESCE(EXCLUDED.first_seen, r.first_seen),
+    last_seen = COALESCE(EXCLUDED.last_seen, r.last_seen)
 """
 SQL_RESOURCE_GONE = f"DELETE FROM {S}.resources WHERE account = %s AND kind = %s AND resource_id = %s"
+
+SQL_ALERT = f"""
+INSERT INTO {S}.alerts (alert_id, account, kind, period, subject, threshold_pct, currency, budget_minor,
+    observed_minor, reference_minor, detected_at, message, event_id)
+VALUES (%(alert_id)s, %(account)s, %(kind)s, %(period)s, %(subject)s, %(threshold_pct)s, %(currency)s,
+    %(budget_minor)s, %(observed_minor)s, %(reference_minor)s, %(detected_at)s, %(message)s, %(event_id)s)
+ON CONFLICT (alert_id) DO NOTHING
+"""
 
 SQL_DEAD_LETTER = f"""
 INSERT INTO {S}.dead_letters (dedup_key, dlq_topic, dlq_partition, dlq_offset, source_topic, source_partition,
@@ -212,59 +284,91 @@ ON CONFLICT (dedup_key) DO NOTHING
 # ------------------------------------------------------------------------------------------------ params
 def _recon(d: Any) -> dict[str, Any]:
     r = d.reconciliation
-    return {"rec_status": r.status, "rec_expected": r.expected_minor, "rec_difference": r.difference_minor}
-
-
-def _line_params(ch: LineMatched) -> dict[str, Any]:
-    m, line = ch.data, ch.data.line
     return {
-        "invoice_uuid": line.invoice_uuid,
-        "revision": line.revision,
-        "line_index": line.line_index,
-        "account": ch.account,
-        "product": line.product,
-        "group_description": line.group_description,
-        "description": line.description,
-        "hours": line.hours,
-        "start": line.start,
-        "end": line.end,
-        "amount_minor": line.amount_minor,
-        "currency": line.currency,
-        "project_name": line.project_name,
-        "category": line.category,
-        "is_tax": line.is_tax,
-        "kind": m.kind,
-        "name": m.name,
-        "resource_id": m.resource_id,
-        "resource_key": m.resource_key,
-        "rule": m.rule,
-        "unmatched_reason": m.unmatched_reason,
-        "event_id": ch.event_id,
+        "rec_status": r.status,
+        "rec_expected": r.expected_minor,
+        "rec_difference": r.difference_minor,
+        "rec_actual": r.actual_minor,
+        "rec_tolerance": r.tolerance_minor,
+        "rec_reason": r.reason or None,
+        "rec_checks": Jsonb([c.model_dump(mode="json") for c in r.checks]),
     }
+
+
+def _line_row(ch: LineMatched) -> tuple[Any, ...]:
+    """One staging row, in LINE_FIELDS order."""
+    m, line = ch.data, ch.data.line
+    return (
+        line.invoice_uuid,
+        line.revision,
+        line.line_index,
+        ch.account,
+        line.product,
+        line.group_description,
+        line.description,
+        line.hours,
+        line.start,
+        line.end,
+        line.amount_minor,
+        line.currency,
+        line.project_name,
+        line.category,
+        line.is_tax,
+        m.kind,
+        m.name,
+        m.resource_id,
+        m.resource_key,
+        m.rule,
+        m.unmatched_reason,
+        ch.event_id,
+        m.attributed_by,
+        m.still_exists,
+        line.resource_id,
+        line.resource_uuid,
+        line.duration,
+        line.duration_unit,
+        line.item_join,
+        line.item_note or None,
+    )
 
 
 class ReadModelWriter:
     """Applies changes on one connection; the caller owns the transaction (one per polled batch)."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: DictConnection) -> None:
         self.conn = conn
 
     def apply(self, changes: Sequence[Change]) -> None:
+        """Every change but the lines in order, then all the lines in one COPY + upsert.
+
+        Moving the lines last gives the same rows as applying everything in order: a line's row depends only on
+        its invoice's served revision and period, and a completion treats the lines already in exactly as it
+        treats those arriving after it (it serves its own revision's lines, drops older ones; a later line of
+        the served revision is stored served, an older one is not stored).
+        """
         touched: set[str] = set()
         cur = self.conn.cursor()
-        # Runs of consecutive matched lines go in one pipelined executemany: the bulk of any month's traffic.
-        for is_line, run in groupby(changes, key=lambda c: isinstance(c, LineMatched)):
-            if is_line:
-                params = [_line_params(c) for c in run]  # type: ignore[arg-type]
-                cur.executemany(SQL_LINE, params)
-                touched.update(p["invoice_uuid"] for p in params)
-                continue
-            for ch in run:
+        lines: list[LineMatched] = []
+        for ch in changes:
+            if isinstance(ch, LineMatched):
+                lines.append(ch)
+            else:
                 self._apply_one(cur, ch, touched)
+        if lines:
+            self._upsert_lines(cur, lines)
+            touched.update(ch.data.line.invoice_uuid for ch in lines)
         if touched:
             cur.execute(SQL_MARK_MATCHED, (sorted(touched),))
 
-    def _apply_one(self, cur: psycopg.Cursor, ch: Change, touched: set[str]) -> None:
+    def _upsert_lines(self, cur: psycopg.Cursor[DictRow], lines: Sequence[LineMatched]) -> None:
+        batch = next(_BATCHES)
+        cur.execute(SQL_LINES_STAGING)
+        with cur.copy(SQL_LINES_COPY) as copy:
+            for seq, ch in enumerate(lines):
+                copy.write_row((batch, seq, *_line_row(ch)))
+        cur.execute(SQL_LINES_UPSERT, (batch,))
+
+    def _apply_one(self, cur: psycopg.Cursor[DictRow], ch: Change, touched: set[str]) -> None:
         match ch:
             case BalanceSnapshot(data=d):
                 cur.execute(
@@ -317,25 +421,31 @@ class ReadModelWriter:
                     },
                 )
                 touched.add(d.invoice_uuid)
-            case Completed(data=d, period=period):
-                row = cur.execute(
-                    SQL_COMPLETED,
-                    {
-                        "invoice_uuid": d.invoice_uuid,
-                        "account": ch.account,
-                        "invoice_id": d.invoice_id,
-                        "period": period,
-                        "invoice_date": d.invoice_date,
-                        "currency": d.currency,
-                        "revision": d.revision,
-                        "matched_count": d.matched_count,
-                        "line_count": d.line_count,
-                        "net": d.amount_net_minor,
-                        "tax": d.amount_tax_minor,
-                        "gross": d.amount_gross_minor,
-                        **_recon(d),
-                    },
-                ).fetchone()
+            case Completed(data=d, period=period, hold_reason=hold_reason):
+                # The upsert always returns one row: a dict (dict_row connections), or a tuple from a plain cursor.
+                row = cast(
+                    "DictRow | tuple[Any, ...]",
+                    cur.execute(
+                        SQL_COMPLETED,
+                        {
+                            "invoice_uuid": d.invoice_uuid,
+                            "account": ch.account,
+                            "invoice_id": d.invoice_id,
+                            "period": period,
+                            "invoice_date": d.invoice_date,
+                            "currency": d.currency,
+                            "revision": d.revision,
+                            "matched_count": d.matched_count,
+                            "held": hold_reason is not None,
+                            "hold_reason": hold_reason,
+                            "line_count": d.line_count,
+                            "net": d.amount_net_minor,
+                            "tax": d.amount_tax_minor,
+                            "gross": d.amount_gross_minor,
+                            **_recon(d),
+                        },
+                    ).fetchone(),
+                )
                 served = row["revision"] if isinstance(row, dict) else row[0]
                 served_period = row["period"] if isinstance(row, dict) else row[1]
                 if served == d.revision:
@@ -357,9 +467,6 @@ class ReadModelWriter:
                         "payload_sha256": d.payload_sha256,
                     },
                 )
-            case LineMatched():
-                cur.execute(SQL_LINE, _line_params(ch))
-                touched.add(ch.data.line.invoice_uuid)
             case ResourceSeen(data=d):
                 cur.execute(
                     SQL_RESOURCE,
@@ -371,10 +478,28 @@ class ReadModelWriter:
                         "region": d.region,
                         "attributes": Jsonb(d.attributes),
                         "event_id": ch.event_id,
+                        "exists": d.exists,
+                        "first_seen": d.first_seen,
+                        "last_seen": d.last_seen,
                     },
                 )
             case ResourceGone(kind=kind, resource_id=rid):
                 cur.execute(SQL_RESOURCE_GONE, (ch.account, kind, rid))
+            case AdminAction():
+                cur.execute(
+                    SQL_ADMIN_ACTION,
+                    {
+                        "event_id": ch.event_id,
+                        "invoice_uuid": ch.invoice_uuid,
+                        "action": ch.action,
+                        "revision": ch.revision,
+                        "actor": ch.actor,
+                        "reason": ch.reason,
+                        "at": ch.at,
+                    },
+                )
+            case AlertRaised(data=d):
+                cur.execute(SQL_ALERT, {"account": ch.account, "event_id": ch.event_id, **d.model_dump()})
             case DeadLettered():
                 cur.execute(
                     SQL_DEAD_LETTER,

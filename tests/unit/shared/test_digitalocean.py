@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -114,6 +115,18 @@ def test_without_links_meta_total_drives_page_numbers() -> None:
     assert len(rec.requests) == 3
 
 
+@pytest.mark.parametrize("links", [{"pages": {}}, {"pages": {"prev": f"{BASE}/v2/droplets?page=1"}}, {}])
+def test_a_listing_cut_short_of_its_meta_total_is_never_taken_for_the_whole_list(links: dict) -> None:
+    """`links` without `next` while `meta.total` says more: the walk used to end there and the poller
+    tombstoned every resource it had not seen. An incomplete listing is a transient failure instead."""
+    client, rec, _ = make_client(
+        lambda r: httpx.Response(200, json={"droplets": [{"id": 1}, {"id": 2}], "links": links, "meta": {"total": 5}})
+    )
+    with pytest.raises(DigitalOceanUnavailable, match="2 of 5"):
+        list(client.list_resources("droplet"))
+    assert len(rec.requests) == 1
+
+
 def test_pagination_loop_is_an_error_not_a_hang() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -147,6 +160,7 @@ def test_invoice_uuid_cannot_escape_its_path_segment() -> None:
 def test_every_resource_kind_lists(kind: str) -> None:
     paths = {
         "droplet": ("/v2/droplets", "droplets"),
+        "gpu_droplet": ("/v2/droplets", "droplets"),
         "volume": ("/v2/volumes", "volumes"),
         "database": ("/v2/databases", "databases"),
         "load_balancer": ("/v2/load_balancers", "load_balancers"),
@@ -163,6 +177,16 @@ def test_every_resource_kind_lists(kind: str) -> None:
     assert rec.requests[0].url.path == path
     paginated = kind not in ("database", "registry")
     assert ("page" in rec.requests[0].url.params) is paginated
+    # GPU droplets are listed only with type=gpus; the plain listing never asks for them.
+    assert rec.requests[0].url.params.get("type") == ("gpus" if kind == "gpu_droplet" else None)
+
+
+def test_gpu_listing_keeps_its_type_on_page_number_fallback() -> None:
+    pages = iter([{"droplets": [{"id": 1}], "meta": {"total": 2}}, {"droplets": [{"id": 2}], "meta": {"total": 2}}])
+    client, rec, _ = make_client(lambda r: httpx.Response(200, json=next(pages)))
+    assert [d["id"] for d in client.list_resources("gpu_droplet")] == [1, 2]
+    assert [r.url.params.get("type") for r in rec.requests] == ["gpus", "gpus"]
+    assert [r.url.params.get("page") for r in rec.requests] == ["1", "2"]
 
 
 def test_null_database_list_is_empty_and_missing_registry_is_empty() -> None:
@@ -179,21 +203,22 @@ def test_unknown_kind_is_rejected() -> None:
 
 
 # ------------------------------------------------------------------------------------------ CSV
-def test_csv_is_raw_text_never_json_decoded() -> None:
-    csv_text = 'product,description,USD\nDroplets,"web-01 (s-1vcpu-1gb), x",$1.00\n'
+def test_csv_is_raw_bytes_never_decoded() -> None:
+    # Not valid UTF-8 (latin-1 é): httpx would have replaced it; the parser must see the byte itself.
+    csv_bytes = b'product,description,USD\nDroplets,"caf\xe9-01 (s-1vcpu-1gb), x",$1.00\n'
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.headers["accept"] == "text/csv"
-        return httpx.Response(200, content=csv_text.encode(), headers={"content-type": "text/csv; charset=utf-8"})
+        return httpx.Response(200, content=csv_bytes, headers={"content-type": "text/csv; charset=utf-8"})
 
     client, rec, _ = make_client(handler)
-    assert client.invoice_csv("inv-1") == csv_text
+    assert client.invoice_csv("inv-1") == csv_bytes
     assert rec.requests[0].url.path == "/v2/customers/my/invoices/inv-1/csv"
 
 
 def test_csv_that_looks_like_json_is_still_returned_verbatim() -> None:
     client, _, _ = make_client(lambda r: httpx.Response(200, text="[1, 2]", headers={"content-type": "text/csv"}))
-    assert client.invoice_csv("inv-1") == "[1, 2]"
+    assert client.invoice_csv("inv-1") == b"[1, 2]"
 
 
 def test_balance_and_summary() -> None:
@@ -247,7 +272,7 @@ def test_retry_after_wins_over_ratelimit_reset() -> None:
     assert waits == [3.0]
 
 
-def test_ratelimit_reset_in_the_past_waits_zero_and_waits_are_capped() -> None:
+def test_ratelimit_reset_in_the_past_backs_off_and_waits_are_capped() -> None:
     now = 1_000_000.0
     client, _, waits = make_client(
         flaky([(429, {"ratelimit-reset": str(int(now) - 5)}), (429, {"retry-after": "3600"})], OK),
@@ -255,7 +280,79 @@ def test_ratelimit_reset_in_the_past_waits_zero_and_waits_are_capped() -> None:
         max_wait_s=60.0,
     )
     client.balance()
-    assert waits == [0.0, 60.0]
+    assert waits == [0.75, 60.0]  # a reset in the past is no reason to retry at once: the backoff applies
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "0"},
+        {"retry-after": "Thu, 01 Jan 1970 00:00:00 GMT"},  # a date in the past (the fake clock is in 1970)
+        {"ratelimit-reset": "0"},
+    ],
+)
+def test_retry_after_zero_or_past_never_retries_at_once_and_keeps_backing_off(headers: dict[str, str]) -> None:
+    """`Retry-After: 0` used to give zero-delay retries (a busy loop wherever retries are many): every wait is
+    floored and the exponential backoff keeps growing under the server's hint."""
+    client, rec, waits = make_client(flaky([(429, headers)] * 4, OK), backoff_base_s=1.0, backoff_cap_s=30.0)
+    client.balance()
+    assert len(rec.requests) == 5
+    assert all(w >= 0.5 for w in waits), waits
+    assert waits == sorted(waits) and waits[-1] >= 4 * waits[0], waits
+
+
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 501, 503, 507, 599])
+def test_transient_statuses_are_retried(status: int) -> None:
+    client, rec, waits = make_client(flaky([(status, {})], OK))
+    assert client.balance() == {"account_balance": "1.00"}
+    assert len(rec.requests) == 2 and len(waits) == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 405, 410, 413, 422])
+def test_permanent_statuses_are_not_retried(status: int) -> None:
+    client, rec, waits = make_client(lambda r: httpx.Response(status, json={"id": "x", "message": "no"}))
+    with pytest.raises(DigitalOceanError) as ei:
+        client.balance()
+    assert not isinstance(ei.value, DigitalOceanUnavailable)
+    assert len(rec.requests) == 1 and waits == []
+
+
+def test_a_body_that_does_not_decode_is_transient_and_retried() -> None:
+    """A 200 cut short (or an HTML error page from a proxy) is a transient failure, not a bad invoice."""
+    answers = iter([httpx.Response(200, text='{"account_balance": "1.'), httpx.Response(200, text="<html>"), OK])
+    client, rec, waits = make_client(lambda r: next(answers))
+    assert client.balance() == {"account_balance": "1.00"}
+    assert len(rec.requests) == 3 and len(waits) == 2
+    client, _, _ = make_client(lambda r: httpx.Response(200, text="<html>"), max_retries=2)
+    with pytest.raises(DigitalOceanUnavailable, match="not a JSON object"):
+        client.balance()
+
+
+def test_retries_stay_within_the_request_budget() -> None:
+    """A consumer calling DigitalOcean must stay well inside max.poll.interval.ms: a retry that would end past
+    the budget is not taken (waits + per-request timeout)."""
+    clock = {"t": 0.0}
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        clock["t"] += s
+
+    rec = Recorder(lambda r: httpx.Response(429, headers={"retry-after": "20"}))
+    c = DigitalOceanClient(
+        BASE,
+        TOKEN,
+        transport=rec.transport,
+        sleep=sleep,
+        clock=lambda: clock["t"],
+        max_retries=10,
+        timeout_s=10,
+        retry_budget_s=60,
+    )
+    with pytest.raises(DigitalOceanUnavailable, match="budget"):
+        c.balance()
+    assert sum(waits) + 10 <= 60
+    assert len(rec.requests) == len(waits) + 1
 
 
 def test_429_without_headers_backs_off() -> None:
@@ -379,7 +476,7 @@ def test_404_is_not_found_and_other_4xx_are_not_retried() -> None:
 
 def test_non_json_answer_is_a_clear_error() -> None:
     client, _, _ = make_client(lambda r: httpx.Response(200, text="<html>"))
-    with pytest.raises(DigitalOceanError, match="not JSON"):
+    with pytest.raises(DigitalOceanUnavailable, match="not a JSON object"):
         client.balance()
 
 
@@ -435,3 +532,16 @@ def test_token_accepted_as_plain_string() -> None:
         c.balance()
     assert rec.requests[0].headers["authorization"] == "Bearer plain-token"
     assert "plain-token" not in repr(c)
+
+
+def test_json_money_is_read_exactly_never_through_a_float() -> None:
+    # 0.1 + 0.2 as floats is 0.30000000000000004; a number with 17 significant digits loses its cents as a float.
+    body = b'{"invoices": [{"invoice_uuid": "u", "amount": 12345678901234.57}], "links": {}, "meta": {"total": 1}}'
+    client, _, _ = make_client(
+        lambda r: httpx.Response(200, content=body, headers={"content-type": "application/json"})
+    )
+    (inv,) = list(client.invoices())
+    assert inv["amount"] == Decimal("12345678901234.57")
+    client, _, _ = make_client(lambda r: httpx.Response(200, content=b'{"amount": NaN}'))
+    with pytest.raises(DigitalOceanUnavailable, match="not a JSON object"):
+        client.balance()

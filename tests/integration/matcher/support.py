@@ -1,24 +1,27 @@
-"""Builders shared by the matcher's integration tests: events as the poller and the ingester write them."""
+"""The matcher's integration tests' plain helpers: publishing as the poller and the ingester do, a matcher thread."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
 from typing import TypeVar
 
 from services.matcher import main
 from services.matcher.app import MatcherOptions
-from shared.events import CostLine, InvoiceEnd, Reconciliation, Resource, decode, encode
+from shared.events import CostLine, InvoiceEnd, Resource, decode, encode
 from shared.kafka import EventProducer, Out, StopSignal, group_lag
 from shared.settings import Settings
 from shared.topics import COST_LINES, RESOURCES
+from tests.factories import bare_match
 from tests.helpers import read_all, wait_until
 
 ACCOUNT = "default"
+# The end marker's fields the matcher tests' invoices share (tests.factories.invoice_end(lines, **MARKER)).
+MARKER = {"invoice_id": "1234", "csv_sha256": "0" * 64, "parser_version": "test", "reconciliation": bare_match}
 T = TypeVar("T")
 
 
@@ -41,46 +44,33 @@ def publish_tombstone(s: Settings, kind: str, resource_id: str, account: str = A
     prod.flush()
 
 
-def line(
-    invoice: str, idx: int, product: str, description: str, amount: int, *, revision: int = 1, group: str = ""
-) -> CostLine:
-    low = description.lower()
-    return CostLine(
-        invoice_uuid=invoice,
-        revision=revision,
-        line_index=idx,
-        product=product,
-        group_description=group,
-        description=description,
-        amount_minor=amount,
-        is_tax="gst" in low or "tax" in low,
-    )
-
-
-def end_of(invoice: str, lines: list[CostLine], *, revision: int = 1, line_count: int | None = None) -> InvoiceEnd:
-    tax = sum(x.amount_minor for x in lines if x.is_tax)
-    net = sum(x.amount_minor for x in lines if not x.is_tax)
-    return InvoiceEnd(
-        invoice_uuid=invoice,
-        invoice_id="1234",
-        revision=revision,
-        period="2026-04-01",
-        invoice_date=date(2026, 5, 1),
-        line_count=len(lines) if line_count is None else line_count,
-        amount_net_minor=net,
-        amount_tax_minor=tax,
-        amount_gross_minor=net + tax,
-        csv_sha256="0" * 64,
-        parser_version="test",
-        reconciliation=Reconciliation(status="matched", expected_minor=net + tax, difference_minor=0),
-    )
-
-
 def publish_invoice(s: Settings, events: list[CostLine | InvoiceEnd], account: str = ACCOUNT) -> None:
     prod = EventProducer(s, "test-ingester")
     for e in events:
         prod.produce(Out(COST_LINES.name(s.kafka_topic_prefix), e.invoice_uuid, encode(e, account)))
     prod.flush()
+
+
+def publish_transactionally(s: Settings, invoices: list[list[CostLine | InvoiceEnd]], account: str = ACCOUNT) -> None:
+    """As the ingester writes: each invoice's lines and marker in one transaction (a control record after it)."""
+    from confluent_kafka import Producer
+
+    from shared.kafka.config import producer_config
+
+    topic = COST_LINES.name(s.kafka_topic_prefix)
+    prod = Producer(producer_config(s, "test-ingester", f"test-ingester-{uuid.uuid4().hex[:8]}"))
+    prod.init_transactions(30)
+    for events in invoices:
+        prod.begin_transaction()
+        for e in events:
+            while True:
+                try:
+                    prod.produce(topic, key=e.invoice_uuid, value=encode(e, account))
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+            prod.poll(0)
+        prod.commit_transaction(60)
 
 
 def events_of(s: Settings, topic: str) -> list[tuple[str, object]]:

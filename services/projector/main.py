@@ -3,7 +3,9 @@
 Records are decoded one by one (poison is dead-lettered by the ConsumerLoop at once) and their changes
 buffered; the buffer is written in ONE database transaction just before the loop commits the offsets
 (`before_commit`), so an offset is never committed ahead of the rows it stands for, and a crash only
-replays a batch of idempotent upserts. A batch the database refuses is re-applied record by record so a
+replays a batch of idempotent upserts. The batch's cost lines go in with one COPY and one upsert
+(services/projector/store.py): no database round trip per line. Batches are up to `commit_every` records
+or one second of traffic, whichever comes first. A batch the database refuses is re-applied record by record so a
 single bad row is dead-lettered instead of blocking the partition.
 """
 
@@ -14,9 +16,9 @@ import time
 
 import psycopg
 
-from services.api.domain import Change, to_change
-from services.api.store import ReadModelWriter
-from shared.db import connect, migrate
+from services.projector.domain import Change, to_change
+from services.projector.store import ReadModelWriter
+from shared.db import DictConnection, connect, migrate
 from shared.kafka import ConsumerLoop, EventProducer, StopSignal, create_topics, dead_letter
 from shared.kafka.records import Record
 from shared.metrics import serve
@@ -50,7 +52,7 @@ class Projector:
         self.dlq = dlq
         self.max_db_attempts = max_db_attempts
         self.pending: list[tuple[Record, Change]] = []
-        self.conn: psycopg.Connection | None = None
+        self.conn: DictConnection | None = None
         self.batches = 0
 
     # ------------------------------------------------------------------------------------------- loop hooks
@@ -83,7 +85,7 @@ class Projector:
         self.batches += 1
 
     # -------------------------------------------------------------------------------------------- internals
-    def _connection(self) -> psycopg.Connection:
+    def _connection(self) -> DictConnection:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.settings, autocommit=True)
         return self.conn
@@ -128,7 +130,7 @@ class Projector:
 
 
 def build(
-    settings: Settings, stop: StopSignal, *, group: str | None = None, commit_every: int = 500
+    settings: Settings, stop: StopSignal, *, group: str | None = None, commit_every: int = 2000
 ) -> tuple[ConsumerLoop, Projector]:
     """The loop and its projector, wired (tests use `group` to replay from offset 0 as a new group)."""
     dlq = EventProducer(settings, f"{SERVICE}-db-dlq")

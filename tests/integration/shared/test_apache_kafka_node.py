@@ -1,0 +1,45 @@
+"""Apache Kafka from jars as a test component: a restart, clean or after SIGKILL, keeps everything."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from shared.devinfra import ApacheKafka
+from shared.kafka.config import consumer_config, producer_config
+from shared.settings import Settings
+from shared.topics import HISTORY
+from tests.helpers import read_all
+
+
+def test_restart_on_the_same_data_dir_keeps_topics_records_offsets_and_transactions(
+    private_apache_kafka: ApacheKafka, broker_settings_factory: Callable[..., Settings]
+) -> None:
+    s = broker_settings_factory(private_apache_kafka)
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    p = Producer(producer_config(s, "t", transactional_id=s.kafka_topic_prefix + "node"))
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(10):
+        p.produce(topic, key=f"k{i}", value=f"v{i}".encode())
+    p.commit_transaction(30)
+    p.begin_transaction()
+    p.produce(topic, key="open", value=b"left open when the broker dies")
+    p.flush(10)
+    group = s.kafka_topic_prefix + "g"
+    c = Consumer(consumer_config(s, group, "t"))
+    c.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+    c.close()
+
+    private_apache_kafka.restart(crash=True)  # SIGKILL, then the same node on the same data dir
+
+    assert sorted(r.value for r in read_all(s, topic, committed_only=True)) == sorted(
+        f"v{i}".encode() for i in range(10)
+    )  # the open transaction never became visible (it is aborted at its timeout, not committed)
+    c = Consumer(consumer_config(s, group, "t"))
+    assert c.committed([TopicPartition(topic, 0)], timeout=30)[0].offset == 2
+    c.close()
+
+    private_apache_kafka.restart()  # clean stop and start
+    assert len(read_all(s, topic, committed_only=True)) == 10
