@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from shared.devinfra import ApacheKafka
 from shared.kafka.config import consumer_config, producer_config
 from shared.settings import Settings
 from shared.topics import HISTORY
 from tests.helpers import read_all
+
+# A group's coordinator on a broker that just started can answer "not ready yet" (the offsets topic is being
+# created or loaded): librdkafka hands that back from a synchronous commit instead of retrying it.
+COORDINATOR_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
+def commit_when_coordinator_ready(c: Consumer, offsets: list[TopicPartition], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c.commit(offsets=offsets, asynchronous=False)
+            return
+        except KafkaException as e:
+            if e.args[0].code() not in COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_restart_on_the_same_data_dir_keeps_topics_records_offsets_and_transactions(
@@ -29,7 +50,7 @@ def test_restart_on_the_same_data_dir_keeps_topics_records_offsets_and_transacti
     p.flush(10)
     group = s.kafka_topic_prefix + "g"
     c = Consumer(consumer_config(s, group, "t"))
-    c.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+    commit_when_coordinator_ready(c, [TopicPartition(topic, 0, 2)])
     c.close()
 
     private_apache_kafka.restart(crash=True)  # SIGKILL, then the same node on the same data dir
