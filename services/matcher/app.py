@@ -226,11 +226,64 @@ def _record(event: Any) -> Record:
     )
 
 
-def create_app(
-    settings: Settings, options: MatcherOptions, gate: InventoryGate, watch: ProgressWatch | None = None
-) -> SupervisedApp:
-    """Build the faust app (one per run: faust apps hold state and cannot be restarted)."""
-    p = settings.kafka_topic_prefix
+class _Topics:
+    """Every topic shared with other services, declared once: raw bytes both ways (we decode/encode the envelope)."""
+
+    def __init__(self, app: SupervisedApp) -> None:
+        self.app = app
+        self.declared: dict[str, Any] = {}
+
+    def __call__(self, name: str) -> Any:
+        if name not in self.declared:
+            self.declared[name] = self.app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
+        return self.declared[name]
+
+    def send(self, outs: Iterable[Out]) -> None:
+        """Into faust's producer buffer, like table writes: no await per record, and a failed delivery fails
+        the next offset commit (faust_patches 2), so the records that produced it are processed again."""
+        for o in outs:
+            headers = [(k, v.encode()) for k, v in o.headers.items()]
+            self(o.topic).send_soon(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
+
+    def dead_letter(self, rec: Record, error: Exception) -> None:
+        self.send([dead_letter(rec, error, SERVICE)])
+
+
+class _Tables:
+    """The matcher's faust tables; the assembly state as handlers read it (handlers.AssemblyTables)."""
+
+    def __init__(self, app: SupervisedApp, partitions: int, index: InventoryIndex) -> None:
+        async def on_inventory_changelog(event: Any) -> None:
+            key = event.key.decode() if isinstance(event.key, bytes) else event.key
+            if event.value is None:
+                index.remove(key)
+            else:
+                index.upsert(InventoryEntry.from_dict(event.value))
+
+        # keys and values: JSON (tables)
+        kw: dict[str, Any] = {"partitions": partitions, "key_type": str}
+        # Not recovery_buffer_size=1: faust would then read our own changelogs back over live values (docstring).
+        # GlobalTable applies standby changes one by one already (faust sets standby_buffer_size=1).
+        self.inventory = app.GlobalTable(INVENTORY_TABLE, on_changelog_event=on_inventory_changelog, **kw)
+        self.facts = app.Table(FACTS_TABLE, **kw)
+        self.completed_by_revision = app.Table(COMPLETED_TABLE, **kw)
+        self.waiting_by_invoice = app.Table(WAITING_TABLE, **kw)
+
+    def completed(self, revision_key: str) -> Completed | None:
+        return Completed.from_json(self.completed_by_revision.get(revision_key))
+
+    def fact(self, fact_key: str) -> LineFact | None:
+        v = self.facts.get(fact_key)
+        return None if v is None else LineFact.from_json(v)
+
+    def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
+        return assembly.waiting_from_json(self.waiting_by_invoice.get(invoice_uuid))
+
+
+def _faust_app(settings: Settings, options: MatcherOptions) -> SupervisedApp:
+    """The faust App with the guards of the module docstring (no agents, tables or topics yet)."""
     app_id = app_id_of(settings, options)
     datadir = Path(options.datadir or Path(tempfile.gettempdir()) / "cloudbill-matcher" / app_id)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -257,73 +310,48 @@ def create_app(
         web_bind=options.web_bind,
         web_host=options.web_bind,
     )
-
     if settings.kafka_broker_flavor == "embedded":
         # Its ListOffsets answer is too low for batched changelogs: recovery reads to the fetch-side end.
         faust_patches.use_fetch_side_end_offsets(app, lambda topic: high_watermarks(settings, topic))
-    topics: dict[str, Any] = {}
+    return app
 
-    def topic(name: str) -> Any:
-        """Every topic shared with other services: raw bytes both ways (we decode/encode the envelope)."""
-        if name not in topics:
-            topics[name] = app.topic(
-                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            )
-        return topics[name]
 
-    resources_topic, lines_topic = topic(RESOURCES.name(p)), topic(COST_LINES.name(p))
-    matched_topic, completed_topic = topic(COST_LINES_MATCHED.name(p)), topic(INVOICE_COMPLETED.name(p))
+def create_app(
+    settings: Settings, options: MatcherOptions, gate: InventoryGate, watch: ProgressWatch | None = None
+) -> SupervisedApp:
+    """Build the faust app (one per run: faust apps hold state and cannot be restarted).
+
+    Run `faust_patches.apply_all()` first (services/matcher/main.py does): the app relies on those fixes.
+    """
+    p = settings.kafka_topic_prefix
+    app = _faust_app(settings, options)
+    topics = _Topics(app)
+    resources_topic = topics(RESOURCES.name(p))
     index = InventoryIndex()
+    tables = _Tables(app, settings.kafka_partitions, index)
+    progress = watch or ProgressWatch(0)
+    inventory_agent = _inventory_agent(app, resources_topic, topics, tables, index, gate)
+    lines_agent = _lines_agent(app, settings, topics, tables, index, _LinesGate(app, resources_topic, gate), progress)
+    timer = _waiting_metrics(app, tables)
+    _restart_stall_clock_on_rebalance(app, progress)
+    log.debug("agents: %s, %s; timer %s", inventory_agent.name, lines_agent.name, timer)  # registered
+    return app
 
-    async def on_inventory_changelog(event: Any) -> None:
-        key = event.key.decode() if isinstance(event.key, bytes) else event.key
-        if event.value is None:
-            index.remove(key)
-        else:
-            index.upsert(InventoryEntry.from_dict(event.value))
 
-    # keys and values: JSON (tables)
-    partitions: dict[str, Any] = {"partitions": settings.kafka_partitions, "key_type": str}
-    # Not recovery_buffer_size=1: faust would then read our own changelogs back over live values (docstring).
-    # GlobalTable applies standby changes one by one already (faust sets standby_buffer_size=1).
-    inventory = app.GlobalTable(INVENTORY_TABLE, on_changelog_event=on_inventory_changelog, **partitions)
-    facts_table = app.Table(FACTS_TABLE, **partitions)
-    completed_table = app.Table(COMPLETED_TABLE, **partitions)
-    waiting_table = app.Table(WAITING_TABLE, **partitions)
+def _inventory_agent(
+    app: SupervisedApp, source: Any, topics: _Topics, tables: _Tables, index: InventoryIndex, gate: InventoryGate
+) -> Any:
+    """cloud.resources → the inventory table and the local index; poison records to the DLQ."""
+    inventory = tables.inventory
 
-    class Tables:
-        """The assembly state as handlers read it (handlers.AssemblyTables)."""
-
-        def completed(self, revision_key: str) -> Completed | None:
-            return Completed.from_json(completed_table.get(revision_key))
-
-        def fact(self, fact_key: str) -> LineFact | None:
-            v = facts_table.get(fact_key)
-            return None if v is None else LineFact.from_json(v)
-
-        def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
-            return assembly.waiting_from_json(waiting_table.get(invoice_uuid))
-
-    tables = Tables()
-
-    def send(outs: Iterable[Out]) -> None:
-        """Into faust's producer buffer, like table writes: no await per record, and a failed delivery fails
-        the next offset commit (faust_patches 2), so the records that produced it are processed again."""
-        for o in outs:
-            headers = [(k, v.encode()) for k, v in o.headers.items()]
-            topic(o.topic).send_soon(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
-
-    def dead_letter_record(rec: Record, error: Exception) -> None:
-        send([dead_letter(rec, error, SERVICE)])
-
-    @app.agent(resources_topic, name="inventory", concurrency=1)
+    @app.agent(source, name="inventory", concurrency=1)
     async def inventory_agent(stream: Any) -> None:
         async for event in stream.events():
             rec = _record(event)
             try:
                 change = handlers.resource_change(rec)
             except Exception as e:  # poison: never blocks the partition
-                dead_letter_record(rec, e)
+                topics.dead_letter(rec, e)
             else:
                 if change.entry is None:
                     if change.resource_key in inventory:
@@ -334,35 +362,43 @@ def create_app(
                     index.upsert(change.entry)
             gate.seen(rec.partition, rec.offset)
 
-    def assigned_resource_partitions() -> set[int]:
-        name = resources_topic.get_topic_name()
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic == name}
+    return inventory_agent
 
-    async def apply(step: handlers.Step) -> None:
-        """A cost-lines record's effects, in handlers.Step's order. One await: the completed record's delivery."""
-        send(step.outs)
-        for key, fact in step.facts.items():
-            facts_table[key] = fact
-        if step.completed is not None:
-            key, value = step.completed
-            completed_table[key] = value
-            # Durable before any fact is deleted: a crash must never leave facts gone and no completion.
-            await app.producer.buffer.flush()
-        for key in step.delete_facts:
-            if key in facts_table:
-                del facts_table[key]
-        if step.waiting is not None:
-            waiting_key, waiting = step.waiting
-            if waiting is not None:
-                waiting_table[waiting_key] = waiting
-                log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", waiting_key, waiting)
-            elif waiting_key in waiting_table:
-                del waiting_table[waiting_key]
+
+class _LinesGate:
+    """The InventoryGate as the lines agent waits on it: for the cloud.resources partitions assigned here."""
+
+    def __init__(self, app: SupervisedApp, resources_topic: Any, gate: InventoryGate) -> None:
+        self.app = app
+        self.resources_topic = resources_topic
+        self.gate = gate
+
+    def assigned_resource_partitions(self) -> set[int]:
+        name = self.resources_topic.get_topic_name()
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == name}
+
+    async def wait(self) -> None:
+        await self.gate.wait(self.assigned_resource_partitions)
+
+
+def _lines_agent(
+    app: SupervisedApp,
+    settings: Settings,
+    topics: _Topics,
+    tables: _Tables,
+    index: InventoryIndex,
+    gate: _LinesGate,
+    progress: ProgressWatch,
+) -> Any:
+    """billing.cost-lines → matched lines and completed invoices (handlers); poison records to the DLQ."""
+    p = settings.kafka_topic_prefix
+    lines_topic = topics(COST_LINES.name(p))
+    matched_topic, completed_topic = topics(COST_LINES_MATCHED.name(p)), topics(INVOICE_COMPLETED.name(p))
 
     @app.agent(lines_topic, name="lines", concurrency=1)
     async def lines_agent(stream: Any) -> None:
         async for event in stream.events():
-            await gate.wait(assigned_resource_partitions)
+            await gate.wait()
             rec = _record(event)
             try:
                 step = handlers.cost_line_record(
@@ -373,27 +409,57 @@ def create_app(
                     completed_topic=completed_topic.get_topic_name(),
                 )
             except Exception as e:  # poison: never blocks the partition
-                dead_letter_record(rec, e)
+                topics.dead_letter(rec, e)
                 continue
-            await apply(step)
+            await _apply_step(app, topics, tables, step)
             progress.processed()
+
+    return lines_agent
+
+
+async def _apply_step(app: SupervisedApp, topics: _Topics, tables: _Tables, step: handlers.Step) -> None:
+    """A cost-lines record's effects, in handlers.Step's order. One await: the completed record's delivery."""
+    topics.send(step.outs)
+    for key, fact in step.facts.items():
+        tables.facts[key] = fact
+    if step.completed is not None:
+        key, value = step.completed
+        tables.completed_by_revision[key] = value
+        # Durable before any fact is deleted: a crash must never leave facts gone and no completion.
+        await app.producer.buffer.flush()
+    for key in step.delete_facts:
+        if key in tables.facts:
+            del tables.facts[key]
+    if step.waiting is not None:
+        waiting_key, waiting = step.waiting
+        if waiting is not None:
+            tables.waiting_by_invoice[waiting_key] = waiting
+            log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", waiting_key, waiting)
+        elif waiting_key in tables.waiting_by_invoice:
+            del tables.waiting_by_invoice[waiting_key]
+
+
+def _waiting_metrics(app: SupervisedApp, tables: _Tables) -> Any:
+    """A 5 s timer: waiting revisions as Prometheus gauges (the table holds only this worker's partitions)."""
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]  # faust's timer decorator is unannotated
     async def waiting_metrics() -> None:
-        """Waiting revisions as Prometheus gauges (the table holds only this worker's partitions)."""
         now_ms = int(time.time() * 1000)
         since = [
-            w.since_ms or now_ms for v in list(waiting_table.values()) for w in assembly.waiting_from_json(v).values()
+            w.since_ms or now_ms
+            for v in list(tables.waiting_by_invoice.values())
+            for w in assembly.waiting_from_json(v).values()
         ]
         WAITING.set(len(since))
         WAITING_AGE.set(max(0, now_ms - min(since)) / 1000 if since else 0)
 
-    progress = watch or ProgressWatch(0)
+    return waiting_metrics
+
+
+def _restart_stall_clock_on_rebalance(app: SupervisedApp, progress: ProgressWatch) -> None:
+    """A worker that (re)joined and recovered has progressed: the stall clock restarts."""
 
     # mode's handler type (positional sender, keyword-only `signal`) rejects a handler taking them as **kwargs.
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def ready(app: Any, **kwargs: Any) -> None:
-        progress.processed()  # a worker that (re)joined and recovered has progressed: the stall clock restarts
-
-    log.debug("agents: %s, %s; timer %s", inventory_agent.name, lines_agent.name, waiting_metrics)  # registered
-    return app
+        progress.processed()

@@ -1,4 +1,4 @@
-"""`cloudbill run matcher`: create topics, build the faust app, run it supervised until stopped."""
+"""`cloudbill run matcher`: apply the faust fixes, create topics, build the app, run it supervised until stopped."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from services.matcher import faust_patches
 from services.matcher.app import (
     InventoryGate,
     ProgressWatch,
@@ -34,6 +35,7 @@ def run(settings: Settings, stop: StopSignal | None = None, options: MatcherOpti
     As a process (stop None) a crashed agent or a stop that outlives its kill timeout ends the process
     with a non-zero code; embedded (a StopSignal given) the same conditions raise.
     """
+    faust_patches.apply_all()  # before any faust object exists; refuses a faust version it was not checked on
     as_process = stop is None
     if stop is None:
         stop = StopSignal().install()

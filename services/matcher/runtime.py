@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from services.matcher import faust_patches  # at-least-once fixes for faust's commits (see the module)
+from services.matcher import faust_patches  # faust's internals are touched there only
 from shared.kafka import StopSignal
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,8 @@ class _Liveness:
             self._next = time.monotonic() + self.every_s
 
 
-class SupervisedApp(faust.App):
-    """A faust App that remembers the first exception an agent raised (faust only logs it)."""
-
-    agent_crash: BaseException | None = None
-
-    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
-        if self.agent_crash is None:
-            self.agent_crash = exc
-            log.error("agent %s crashed: %s: %s", getattr(agent, "name", agent), type(exc).__name__, exc)
-        await super()._on_agent_error(agent, exc)
+class SupervisedApp(faust_patches.AgentCrashRecordingApp):
+    """The faust App `run_worker` supervises: the first exception an agent raised (`agent_crash`) ends the run."""
 
 
 class _Worker(faust.Worker):
@@ -103,8 +95,11 @@ def run_worker(
     """Run `app` until `stop` is set; raise WorkerCrashed / WorkerStopTimeout when it did not end cleanly.
 
     `liveness`, when given, is called every `liveness_every_s` off the event loop; a reason it returns
-    ends the worker as a crash (WorkerStalled), so the process exits non-zero and is restarted.
+    ends the worker as a crash (WorkerStalled), so the process exits non-zero and is restarted. The faust
+    fixes must have been applied (`faust_patches.apply_all()`): unpatched, faust can commit past lost records.
     """
+    if not faust_patches.applied():
+        raise RuntimeError("faust_patches.apply_all() must run before a worker (at-least-once depends on it)")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     outcome = Outcome()
@@ -142,7 +137,7 @@ async def _supervise(
             outcome.crashed = crashed
             log.error("faust worker crashed: %s: %s", type(crashed).__name__, crashed)
             break
-        if reason := faust_patches.dropped_record(app._consumer):
+        if reason := faust_patches.record_dropped_by(app):
             outcome.crashed = RecordDropped(reason)
             log.error("faust dropped a record: %s", reason)
             break

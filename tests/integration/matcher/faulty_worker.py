@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.matcher import faust_patches
 from services.matcher.app import broker_url
 from services.matcher.main import supervise
 from services.matcher.runtime import SupervisedApp
@@ -65,6 +66,7 @@ def main() -> None:
     settings = Settings()
     cblog.setup("faulty", "console", "INFO")
     stop = StopSignal().install()
+    faust_patches.apply_all()  # as services.matcher.main.run does: `drop` relies on fix 3 reporting the drop
     supervise(build(settings, mode), stop, 3.0, as_process=True)
 
 

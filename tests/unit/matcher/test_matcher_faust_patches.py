@@ -1,6 +1,12 @@
 """faust's offset bookkeeping across transaction markers, with the patch applied."""
 
+import ast
 import asyncio
+import hashlib
+import inspect
+import subprocess
+import sys
+import textwrap
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -35,7 +41,7 @@ def _read(state: SimpleNamespace, tp: str, offsets: list[int]) -> None:
 
 
 def test_one_commit_crosses_every_transaction_marker() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
     state = _consumer_state()
     # Three invoices of 3 lines + marker each, a transaction control record after each: offsets 4, 9, 14.
     offsets = [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13]
@@ -44,10 +50,15 @@ def test_one_commit_crosses_every_transaction_marker() -> None:
 
 
 def test_patch_is_idempotent() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
     patched = Consumer._add_gap
-    faust_patches.apply()
+    faust_patches.apply_all()
     assert Consumer._add_gap is patched
+    replaced = {(owner, name): owner.__dict__[name] for owner, name in faust_patches.REPLACED}
+    faust_patches.fix_commit_stops_at_unprocessed_record()  # one fix again, on its own
+    faust_patches.apply_all()
+    assert {(owner, name): owner.__dict__[name] for owner, name in faust_patches.REPLACED} == replaced
+    assert faust_patches.applied()
 
 
 class _SlowSender(ProducerBuffer):
@@ -83,7 +94,7 @@ def _future(n: int) -> Any:
 
 
 def test_flush_waits_until_every_buffered_message_is_delivered() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
 
     async def scenario() -> list[bool]:
         buf = _buffer()
@@ -101,7 +112,7 @@ def test_flush_waits_until_every_buffered_message_is_delivered() -> None:
 
 
 def test_flush_fails_when_a_buffered_message_was_not_delivered() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
 
     async def scenario() -> tuple[str, None]:
         buf = _buffer()
@@ -127,7 +138,7 @@ def test_flush_fails_when_a_buffered_message_was_not_delivered() -> None:
 
 
 def test_flush_does_not_wait_while_stopping() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
 
     async def scenario() -> bool:
         buf = _buffer()
@@ -151,7 +162,7 @@ def _fetch_and_ack(state: SimpleNamespace, tp: Any, fetched: list[int], acked: l
 
 
 def test_a_record_fetched_and_skipped_holds_the_commit_and_is_reported() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
     state, tp = _consumer_state(), TP("billing.cost-lines.v1", 0)
     # Traced on the embedded broker: 20-22 processed, 23 fetched and dropped, 24-40 processed.
     _fetch_and_ack(state, tp, list(range(20, 41)), [20, 21, 22, *range(24, 41)], committed=20)
@@ -163,7 +174,7 @@ def test_a_record_fetched_and_skipped_holds_the_commit_and_is_reported() -> None
 
 
 def test_a_transaction_marker_right_after_the_committed_offset_is_still_crossed() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
     state, tp = _consumer_state(), TP("billing.cost-lines.v1", 0)
     _fetch_and_ack(state, tp, [24, 25, 26], [24, 25, 26], committed=23)  # offset 23: a marker, never fetched
     assert Consumer._new_offset(state, tp) == 27
@@ -171,7 +182,7 @@ def test_a_transaction_marker_right_after_the_committed_offset_is_still_crossed(
 
 
 def test_a_record_still_in_flight_is_not_a_drop() -> None:
-    faust_patches.apply()
+    faust_patches.apply_all()
     state, tp = _consumer_state(), TP("billing.cost-lines.v1", 0)
     _fetch_and_ack(state, tp, [5, 6, 7], [5, 6], committed=5)  # 7 is being processed
     assert Consumer._new_offset(state, tp) == 7
@@ -181,12 +192,14 @@ def test_a_record_still_in_flight_is_not_a_drop() -> None:
 
 def test_another_faust_version_is_refused_until_the_patches_are_rechecked() -> None:
     with pytest.raises(RuntimeError, match=r"written for 0\.15\.3: re-check every patch"):
-        faust_patches.apply("0.16.0")
+        faust_patches.apply_all("0.16.0")
 
 
 def test_the_matcher_consumer_reads_committed_records_only() -> None:
     from services.matcher.app import InventoryGate, MatcherOptions, create_app
     from shared.settings import Settings
+
+    faust_patches.apply_all()
 
     async def build() -> tuple[str, bool]:
         s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
@@ -206,7 +219,7 @@ def test_table_recovery_reads_changelog_ends_from_the_fetch_side_when_given() ->
 
     from faust.tables.recovery import Recovery
 
-    faust_patches.apply()
+    faust_patches.apply_all()
     tps = {TP("t-line-facts-changelog", 0), TP("t-line-facts-changelog", 1), TP("t-inventory-changelog", 0)}
 
     class _Consumer:
@@ -244,8 +257,193 @@ def test_no_table_reads_its_own_changelog_back_after_recovery() -> None:
     from services.matcher.app import InventoryGate, MatcherOptions, create_app
     from shared.settings import Settings
 
+    faust_patches.apply_all()
     s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
     app = create_app(s, MatcherOptions(_env_file=None), InventoryGate({}, 0))
     tables = {t.name: t.recovery_buffer_size for t in app.tables.values()}
     assert set(tables) == {"inventory", "line-facts", "revisions-completed", "revisions-waiting"}
     assert all(size > 1 for size in tables.values()), tables
+
+
+# -- Shape of faust's internals: what each fix was written against (faust-streaming 0.15.3) -----------------
+#
+# A failure here means faust changed under a fix: re-read the fix against the new code (faust_patches.py
+# names the reason for each), then update the expectation. The fingerprint is of the code (its AST without
+# the docstring), so comments and formatting do not count.
+
+_CONSUMER_INIT = [
+    "self",
+    "transport",
+    "callback",
+    "on_partitions_revoked",
+    "on_partitions_assigned",
+    "commit_interval",
+    "commit_livelock_soft_timeout",
+    "loop",
+    "kwargs",
+]
+_REPLACED_SHAPES: dict[tuple[str, str], tuple[list[str], str]] = {
+    ("Consumer", "_add_gap"): (["self", "tp", "offset_from", "offset_to"], "3ef34d9891835018"),
+    ("ProducerBuffer", "put"): (["self", "fut"], "cedb6faf15fe8fc4"),
+    ("ProducerBuffer", "flush"): (["self"], "e31ccb11bdb11a48"),
+    ("Consumer", "__init__"): (_CONSUMER_INIT, "7928eab35569173f"),
+    ("Consumer", "_new_offset"): (["self", "tp"], "3ffdfa3b0925c3bf"),
+    ("Consumer", "on_partitions_revoked"): (["self", "revoked"], "35674308776b5fb9"),
+    ("Recovery", "on_recovery_completed"): (["self", "generation_id"], "0c47cb10849cc7a7"),
+    ("AIOKafkaConsumerThread", "_create_worker_consumer"): (["self", "transport"], "89f40d75d68d7c98"),
+    ("Recovery", "_build_highwaters"): (["self", "consumer", "tps", "destination", "title"], "166fc77ffec10349"),
+}
+
+
+def _fingerprint(fn: Any) -> str:
+    """Of a function's code: its AST without the docstring (comments and layout do not count)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    func = tree.body[0]
+    assert isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef)
+    body = func.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        func.body = body[1:]
+    return hashlib.sha256(ast.dump(func).encode()).hexdigest()[:16]
+
+
+def _params(fn: Any) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def test_every_replaced_faust_member_has_the_shape_its_fix_was_written_against() -> None:
+    faust_patches.apply_all()
+    seen = {(owner.__name__, name) for owner, name in faust_patches.REPLACED}
+    assert seen == set(_REPLACED_SHAPES), "a fix replaces a member this test does not pin (or no longer does)"
+    for owner, name in faust_patches.REPLACED:
+        theirs = faust_patches.original(owner, name)
+        ours = owner.__dict__[name]
+        assert theirs is not ours and inspect.getmodule(theirs).__name__.startswith("faust."), (owner, name)
+        params, fingerprint = _REPLACED_SHAPES[(owner.__name__, name)]
+        assert _params(theirs) == params, f"{owner.__name__}.{name}: faust changed its signature"
+        assert inspect.iscoroutinefunction(theirs) == inspect.iscoroutinefunction(ours), (owner, name)
+        assert _fingerprint(theirs) == fingerprint, f"{owner.__name__}.{name}: faust changed its code: re-check the fix"
+
+
+def test_faust_code_the_fixes_rely_on_is_still_there() -> None:
+    """The lines of faust each wrapper's reasoning depends on (see the fix's docstring)."""
+    faust_patches.apply_all()
+    src = {(o.__name__, n): inspect.getsource(faust_patches.original(o, n)) for o, n in faust_patches.REPLACED}
+    # 1: the interval stored is inclusive of `offset_to` (the record that closes the gap).
+    assert "gap_for_tp.addi(offset_from, offset_to + 1)" in src[("Consumer", "_add_gap")]
+    # 3: the callback the fix wraps is read from the consumer once, when the fetch loop starts.
+    assert "callback = self.callback" in inspect.getsource(Consumer._drain_messages)
+    assert "self.callback = callback" in src[("Consumer", "__init__")]
+    # 4: faust resumes the stream partitions before it seeks (the order the fix reverses).
+    recovered = src[("Recovery", "on_recovery_completed")]
+    assert recovered.index("consumer.resume_partitions(") < recovered.index("consumer.perform_seek()")
+    # 5: the isolation level follows `consumer.in_transaction`, read while the client is built.
+    created = src[("AIOKafkaConsumerThread", "_create_worker_consumer")]
+    assert "if self.consumer.in_transaction:" in created and 'isolation_level = "read_committed"' in created
+    # 6: faust keeps the highwater minus one, and replaces `destination` wholesale before the fix raises it.
+    built = src[("Recovery", "_build_highwaters")]
+    assert "value - 1" in built and "destination.clear()" in built
+
+
+def test_faust_members_the_fixes_call_keep_their_signatures() -> None:
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+
+    expected: dict[tuple[type, str], list[str]] = {
+        (Recovery, "_wait"): ["self", "coro", "timeout"],
+        (Recovery, "_is_changelog_tp"): ["self", "tp"],
+        (Recovery, "_set_recovery_ended"): ["self"],
+        (AIOKafkaConsumer, "perform_seek"): ["self"],
+        (AIOKafkaConsumer, "seek_wait"): ["self", "partitions"],
+        (AIOKafkaConsumer, "resume_partitions"): ["self", "tps"],
+        (AIOKafkaConsumer, "resume_flow"): ["self"],
+        (AIOKafkaConsumer, "assignment"): ["self"],
+        (Consumer, "_drain_messages"): ["self", "fetcher"],
+    }
+    for (owner, name), params in expected.items():
+        assert _params(getattr(owner, name)) == params, f"{owner.__name__}.{name}: faust changed its signature"
+
+
+def test_the_agent_error_hook_has_the_shape_the_crash_recording_app_overrides() -> None:
+    import faust
+
+    hook = faust.App.__dict__["_on_agent_error"]
+    assert _params(hook) == ["self", "agent", "exc"] and inspect.iscoroutinefunction(hook)
+    assert "on_error=self._on_agent_error" in inspect.getsource(faust.App.agent)  # every agent reports there
+    assert _params(faust_patches.AgentCrashRecordingApp._on_agent_error) == _params(hook)
+
+    async def crash() -> BaseException | None:
+        app = faust_patches.AgentCrashRecordingApp("t-crash", broker="kafka://127.0.0.1:1")
+        await app._on_agent_error(SimpleNamespace(name="lines"), RuntimeError("first"))
+        await app._on_agent_error(SimpleNamespace(name="lines"), RuntimeError("second"))
+        return app.agent_crash
+
+    assert repr(asyncio.run(crash())) == "RuntimeError('first')"
+
+
+def test_private_members_the_fixes_read_exist_on_a_real_matcher_app() -> None:
+    """Instance state faust sets up in its constructors: read on the app create_app builds (no broker needed)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from services.matcher.app import InventoryGate, MatcherOptions, create_app
+    from shared.settings import Settings
+
+    faust_patches.apply_all()
+
+    async def inspect_app() -> None:
+        s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
+        app = create_app(s, MatcherOptions(_env_file=None), InventoryGate({}, 0))
+        assert app._consumer is None  # faust creates the consumer on first use of the public property
+        assert faust_patches.record_dropped_by(app) is None and app._consumer is None
+        consumer = app.consumer
+        assert app._consumer is consumer
+        for name in ("_committed_offset", "_acked", "_acked_index", "_read_offset", "_gap"):
+            assert isinstance(getattr(consumer, name), defaultdict), name
+        assert callable(consumer.callback) and consumer.in_transaction is False
+        assert callable(app.topics.acks_enabled_for)
+        assert isinstance(consumer._thread, AIOKafkaConsumerThread) and consumer._thread.consumer is consumer
+        assert isinstance(app.producer.buffer, ProducerBuffer) and app.producer.buffer.should_stop is False
+        assert callable(app._fetcher.maybe_start)
+        recovery = app.tables.recovery
+        assert isinstance(recovery.actives_for_table, dict) and isinstance(recovery.standbys_for_table, dict)
+        assert callable(recovery.completed.set) and callable(recovery._set_recovery_ended)
+        assert recovery.tables is app.tables and recovery.app is app
+        assert callable(app.tables.on_actives_ready) and callable(app.tables.on_standbys_ready)
+        assert isinstance(app.consumer_generation_id, int)
+        assert callable(app.flow_control.resume) and callable(app.assignor.assigned_standbys)
+        assert callable(app.on_rebalance_end) and callable(app.on_rebalance_complete.send)
+
+    asyncio.run(inspect_app())
+
+
+def test_record_dropped_by_reads_the_apps_consumer() -> None:
+    faust_patches.apply_all()
+    state, tp = _consumer_state(), TP("billing.cost-lines.v1", 0)
+    app = SimpleNamespace(_consumer=None)
+    assert faust_patches.record_dropped_by(app) is None  # type: ignore[arg-type]
+    _fetch_and_ack(state, tp, [3, 4, 5], [3, 5], committed=3)
+    Consumer._new_offset(state, tp)
+    app._consumer = state
+    reason = faust_patches.record_dropped_by(app)  # type: ignore[arg-type]
+    assert reason is not None and "offset 4 was fetched but never processed" in reason
+
+
+def test_importing_the_matcher_patches_nothing_and_a_worker_refuses_to_run_unpatched() -> None:
+    """In a fresh interpreter: the fixes are applied by apply_all() only (services/matcher/main.py calls it)."""
+    code = textwrap.dedent(
+        """
+        from services.matcher import app, faust_patches, main, runtime
+        from faust.transport.consumer import Consumer
+        assert not faust_patches.applied()
+        assert faust_patches.original(Consumer, "_add_gap") is Consumer.__dict__["_add_gap"]
+        try:
+            runtime.run_worker(runtime.SupervisedApp("t-unpatched"), runtime.StopSignal())
+        except RuntimeError as e:
+            assert "apply_all" in str(e), e
+        else:
+            raise AssertionError("run_worker ran without the faust fixes")
+        faust_patches.apply_all()
+        assert faust_patches.applied()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
