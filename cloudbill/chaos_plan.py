@@ -14,8 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Every service the chaos run kills (the alerter is not in the list; it runs and is checked for being up).
-KILLED_SERVICES = ("poller", "ingester", "matcher", "finance-pusher", "projector", "api")
+from cloudbill.services import KILLABLE
+
+# Every service the chaos run kills (not the alerter: it runs and is checked for being up), in registry order.
+KILLED_SERVICES = KILLABLE
 
 
 @dataclass(frozen=True)
