@@ -147,10 +147,9 @@ def measure(
     args: argparse.Namespace, report: dict[str, Any], cleanup: contextlib.ExitStack, say: Callable[[str], None]
 ) -> None:
     """Fill `report` part by part (a part already in it survives an interruption of a later one)."""
-    from bench import api, ceilings, stages
+    from bench import api, ceilings
     from bench.infra import broker_info, default_flavor, make_broker
     from bench.parser import parser_bench
-    from bench.pipeline import Sizes, run_pipeline
     from shared.devinfra import EmbeddedPostgres
 
     work = cleanup.enter_context(workspace(args))
@@ -173,45 +172,9 @@ def measure(
         report["ceilings"] = c
     if not args.skip_stages:
         say("stage capacity: projector, finance pusher")
-        invoices = max(1, args.stage_lines // 2500)
-        report["stage_capacity"] = {
-            "projector": stages.projector_replay(
-                broker.bootstrap,
-                pg.create_database("bench_projector"),
-                invoices=invoices,
-                lines=max(1, args.stage_lines // invoices),
-            ),
-            "finance_pusher": stages.pusher_replay(
-                broker.bootstrap, pg.create_database("bench_pusher"), invoices=args.stage_invoices, cleanup=cleanup
-            ),
-        }
+        report["stage_capacity"] = _stage_capacity(args, broker.bootstrap, pg, cleanup)
     if not args.skip_pipeline:
-        sizes = Sizes(args.invoices, args.lines, args.big_invoices, args.big_lines, args.resources)
-        say(f"pipeline: {sizes.expected_invoices} invoices, {sizes.expected_lines:,} cost lines")
-        pipe = run_pipeline(
-            work / "pipeline",
-            sizes,
-            bootstrap=broker.bootstrap,
-            flavor=flavor,
-            database_url=pg.create_database("cloudbill"),
-            finance_database_url=pg.create_database("finance"),
-            stall_s=args.stall_timeout,
-            sample_s=args.sample_interval,
-            on_status=say,
-            cleanup=cleanup,
-            infra=_infra_pids(broker, pg),
-        )
-        chain = report.get("ceilings", {}).get("chain_lines_per_s")
-        rate = pipe.get("cost_lines_per_s")
-        modeled = report.get("ceilings", {}).get("modeled_chain_lines_per_s")
-        pipe["ratio_to_chain_ceiling"] = round(rate / chain, 4) if rate and chain else None
-        pipe["ratio_to_modeled_chain"] = round(rate / modeled, 4) if rate and modeled else None
-        if not pipe["complete"] and not args.keep_workdir:  # the work folder goes: keep what explains the run
-            kept = args.out.parent / f"{args.out.stem}-logs"
-            shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(pipe["logs"], kept)
-            pipe["logs"] = str(kept)
-        report["pipeline"] = pipe
+        report["pipeline"] = _pipeline(args, report, work, flavor, broker, pg, cleanup, say)
     if not args.skip_api:
         report["api"] = api.measure(
             pg.create_database("bench_api"),
@@ -221,6 +184,65 @@ def measure(
             on_status=say,
             cleanup=cleanup,
         )
+
+
+def _stage_capacity(args: argparse.Namespace, bootstrap: str, pg: Any, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+    """The projector's and the finance pusher's own capacity, each replaying a topic alone."""
+    from bench import stages
+
+    invoices = max(1, args.stage_lines // 2500)
+    return {
+        "projector": stages.projector_replay(
+            bootstrap,
+            pg.create_database("bench_projector"),
+            invoices=invoices,
+            lines=max(1, args.stage_lines // invoices),
+        ),
+        "finance_pusher": stages.pusher_replay(
+            bootstrap, pg.create_database("bench_pusher"), invoices=args.stage_invoices, cleanup=cleanup
+        ),
+    }
+
+
+def _pipeline(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    work: Path,
+    flavor: Any,
+    broker: Any,
+    pg: Any,
+    cleanup: contextlib.ExitStack,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The whole pipeline on a generated scenario, compared with the ceilings measured before it."""
+    from bench.pipeline import Sizes, run_pipeline
+
+    sizes = Sizes(args.invoices, args.lines, args.big_invoices, args.big_lines, args.resources)
+    say(f"pipeline: {sizes.expected_invoices} invoices, {sizes.expected_lines:,} cost lines")
+    pipe = run_pipeline(
+        work / "pipeline",
+        sizes,
+        bootstrap=broker.bootstrap,
+        flavor=flavor,
+        database_url=pg.create_database("cloudbill"),
+        finance_database_url=pg.create_database("finance"),
+        stall_s=args.stall_timeout,
+        sample_s=args.sample_interval,
+        on_status=say,
+        cleanup=cleanup,
+        infra=_infra_pids(broker, pg),
+    )
+    chain = report.get("ceilings", {}).get("chain_lines_per_s")
+    rate = pipe.get("cost_lines_per_s")
+    modeled = report.get("ceilings", {}).get("modeled_chain_lines_per_s")
+    pipe["ratio_to_chain_ceiling"] = round(rate / chain, 4) if rate and chain else None
+    pipe["ratio_to_modeled_chain"] = round(rate / modeled, 4) if rate and modeled else None
+    if not pipe["complete"] and not args.keep_workdir:  # the work folder goes: keep what explains the run
+        kept = args.out.parent / f"{args.out.stem}-logs"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(pipe["logs"], kept)
+        pipe["logs"] = str(kept)
+    return pipe
 
 
 def _infra_pids(broker: Any, pg: Any) -> dict[str, int]:

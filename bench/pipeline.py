@@ -292,17 +292,7 @@ def run_pipeline(
         },
     }
     result["generate_s"] = round(generate(scenario, sizes), 2)
-    cfg = StackConfig(
-        scenario=str(scenario),
-        workdir=work / "stack",
-        kafka_bootstrap=bootstrap,
-        kafka_flavor=flavor,
-        database_url=database_url,
-        finance_database_url=finance_database_url,
-        do_port=free_port(),
-        finance_port=free_port(),
-        api_port=free_port(),
-    )
+    cfg = _stack_config(work, bootstrap, flavor, database_url, finance_database_url)
     status = on_status or (lambda _msg: None)
     with Stack(cfg) as stack:
         if cleanup is not None:
@@ -314,37 +304,12 @@ def run_pipeline(
         status("pipeline: inventory sync")
         stack.poll_now("resources")
         stack.wait_inventory_read(120)
-        t0 = time.perf_counter()
-        sampler = Sampler(stack, t0, sample_s, infra)
-        sampler.start()
-        try:
-            status("pipeline: history poll")
-            stack.poll_now("history")
-            result["poll_history_s"] = round(time.perf_counter() - t0, 2)
-            outcome = _wait(stack, sampler, sizes, stall_s, status)
-        finally:
-            sampler.stopped.set()
-            sampler.join(30)
+        sampler, outcome = _poll_history(stack, sizes, stall_s, sample_s, infra, status)
         result |= outcome
         samples = sampler.progress.copy()
         result |= _summarize(samples, sizes)
-        result["peak_rss_mib"] = {k: round(v / 2**20) for k, v in sorted(sampler.peak_rss.items())}
-        # CPU is what a busy 2-core machine shares out: per line it compares runs that wall time cannot.
-        last_progress = max((st["seconds"] or 0 for st in result["stages"].values()), default=None)
-        result["cpu_s"] = sampler.cpu_until(last_progress)
-        lines = max(1, max((st["lines"] for st in result["stages"].values()), default=0))
-        result["cpu_us_per_line"] = {k: round(v * 1e6 / lines) for k, v in result["cpu_s"].items()}
-        result["cpu_us_per_line_total"] = sum(result["cpu_us_per_line"].values())
-        result["restarts"] = {c.name: len(c.restarts) for c in stack.children.values() if c.restarts}
-        result["dead_services"] = [c.name for c in stack.dead()]
-        try:
-            fin = finance_rows(cfg.finance_port)
-        except (httpx.HTTPError, KeyError, ValueError) as e:  # the simulator died: nothing to count, not complete
-            log.warning("finance simulator unreadable: %s", e)
-            fin = {"rows": None, "distinct_invoices": None, "gross_minor": None}
-        result["finance_rows"] = fin["rows"]
-        result["finance_distinct_invoices"] = fin["distinct_invoices"]
-        result["finance_gross_matches_history"] = fin["gross_minor"] == expected_gross(scenario)
+        result |= _resources_used(stack, sampler, result["stages"])
+        result |= _finance_outcome(cfg.finance_port, scenario)
         result["timeline"] = {k: [s.get(k, 0) for s in samples] for k in ("t", *STAGES)}
         result["logs"] = str(stack.logdir)
     result["complete"] = bool(
@@ -352,6 +317,75 @@ def run_pipeline(
         and result["finance_distinct_invoices"] == result["finance_rows"]
     )
     return result
+
+
+def _poll_history(
+    stack: Stack,
+    sizes: Sizes,
+    stall_s: float,
+    sample_s: float,
+    infra: dict[str, int] | None,
+    status: Callable[[str], None],
+) -> tuple[Sampler, dict[str, Any]]:
+    """Poll the billing history and wait for the pipeline, sampled from the poll on; the stopped sampler and
+    the outcome (the poll's duration first)."""
+    t0 = time.perf_counter()
+    sampler = Sampler(stack, t0, sample_s, infra)
+    sampler.start()
+    try:
+        status("pipeline: history poll")
+        stack.poll_now("history")
+        outcome: dict[str, Any] = {"poll_history_s": round(time.perf_counter() - t0, 2)}
+        outcome |= _wait(stack, sampler, sizes, stall_s, status)
+    finally:
+        sampler.stopped.set()
+        sampler.join(30)
+    return sampler, outcome
+
+
+def _stack_config(
+    work: Path, bootstrap: str, flavor: KafkaFlavor, database_url: str, finance_database_url: str
+) -> StackConfig:
+    """The stack on the generated scenario, the given broker and databases, free ports for the rest."""
+    return StackConfig(
+        scenario=str(work / "scenario"),
+        workdir=work / "stack",
+        kafka_bootstrap=bootstrap,
+        kafka_flavor=flavor,
+        database_url=database_url,
+        finance_database_url=finance_database_url,
+        do_port=free_port(),
+        finance_port=free_port(),
+        api_port=free_port(),
+    )
+
+
+def _resources_used(stack: Stack, sampler: Sampler, stages: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory, CPU (in all and per line) and restarts of the services over the run."""
+    out: dict[str, Any] = {"peak_rss_mib": {k: round(v / 2**20) for k, v in sorted(sampler.peak_rss.items())}}
+    # CPU is what a busy 2-core machine shares out: per line it compares runs that wall time cannot.
+    last_progress = max((st["seconds"] or 0 for st in stages.values()), default=None)
+    out["cpu_s"] = sampler.cpu_until(last_progress)
+    lines = max(1, max((st["lines"] for st in stages.values()), default=0))
+    out["cpu_us_per_line"] = {k: round(v * 1e6 / lines) for k, v in out["cpu_s"].items()}
+    out["cpu_us_per_line_total"] = sum(out["cpu_us_per_line"].values())
+    out["restarts"] = {c.name: len(c.restarts) for c in stack.children.values() if c.restarts}
+    out["dead_services"] = [c.name for c in stack.dead()]
+    return out
+
+
+def _finance_outcome(finance_port: int, scenario: Path) -> dict[str, Any]:
+    """What finance holds at the end, and whether its gross is the billing history's."""
+    try:
+        fin = finance_rows(finance_port)
+    except (httpx.HTTPError, KeyError, ValueError) as e:  # the simulator died: nothing to count, not complete
+        log.warning("finance simulator unreadable: %s", e)
+        fin = {"rows": None, "distinct_invoices": None, "gross_minor": None}
+    return {
+        "finance_rows": fin["rows"],
+        "finance_distinct_invoices": fin["distinct_invoices"],
+        "finance_gross_matches_history": fin["gross_minor"] == expected_gross(scenario),
+    }
 
 
 def _wait(stack: Stack, sampler: Sampler, sizes: Sizes, stall_s: float, status: Any) -> dict[str, Any]:

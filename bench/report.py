@@ -30,19 +30,12 @@ def _ratio(v: float | None, ceiling: float | None) -> str:
 
 
 def render(report: dict[str, Any], console: Console) -> None:
+    """The report as tables: ceilings, stage capacity, the pipeline, the API (each part only when measured)."""
     broker = report.get("broker", {})
     console.print(f"[bold]broker[/bold] {broker.get('description', '?')} · {report['machine']}")
     ceil = report.get("ceilings")
     if ceil:
-        t = Table("ceiling (same broker, same PostgreSQL)", "per second", title="Ceilings")
-        t.add_row(f"confluent-kafka produce ({ceil['message_bytes']} B events)", _n(ceil["produce_msgs_per_s"]))
-        t.add_row("confluent-kafka consume", _n(ceil["consume_msgs_per_s"]))
-        t.add_row("PostgreSQL COPY into cost_lines", _n(ceil["copy_rows_per_s"]))
-        t.add_row("chain: consume → produce → COPY per line", _n(ceil["chain_lines_per_s"]))
-        t.add_row("modeled chain: 3 produces + 4 consumes + 1 row per line", _n(ceil["modeled_chain_lines_per_s"]))
-        if "csv_parser_lines_per_s" in ceil:
-            t.add_row("CSV parser (lines)", _n(ceil["csv_parser_lines_per_s"]))
-        console.print(t)
+        _render_ceilings(ceil, console)
     stages_cap = report.get("stage_capacity")
     if stages_cap:
         t = Table("stage alone, from filled topics", "rate", title="Stage capacity")
@@ -52,45 +45,62 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(t)
     pipe = report.get("pipeline")
     if pipe:
-        chain = (ceil or {}).get("chain_lines_per_s")
-        t = Table("stage", "lines", "done at (s)", "lines/s since poll", "best 5 s", "share of chain", title="Pipeline")
-        for k in STAGES:
-            s = pipe.get("stages", {}).get(k, {})
-            t.add_row(
-                k,
-                _n(s.get("lines")),
-                _n(s.get("seconds")),
-                _n(s.get("lines_per_s")),
-                _n(s.get("peak_lines_per_s_5s")),
-                _ratio(s.get("lines_per_s"), chain),
-            )
-        console.print(t)
-        colour = "green" if pipe["complete"] else "red"
-        console.print(
-            f"[{colour}]complete: {pipe['complete']}[/{colour}] · invoices pushed {pipe['invoices_pushed']}"
-            f"/{pipe['invoices_expected']} · finance rows {_n(pipe['finance_rows'])} · "
-            f"cost lines/s (poll → last completed) {_n(pipe['cost_lines_per_s'])} · "
-            f"ratio to chain ceiling {_pct(pipe.get('ratio_to_chain_ceiling'))} · ended: {pipe['ended']}"
-        )
-        console.print("peak RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in pipe["peak_rss_mib"].items()))
-        console.print(
-            "CPU µs per cost line: " + ", ".join(f"{k} {v}" for k, v in pipe.get("cpu_us_per_line", {}).items())
-        )
+        _render_pipeline(pipe, (ceil or {}).get("chain_lines_per_s"), console)
     api = report.get("api")
     if api:
-        t = Table(
-            "GET /api/v1/billing/cost-lines", "p50 ms", "p95 ms", "p99 ms", "max ms", "query alone p99 ms", title="API"
+        _render_api(api, console)
+
+
+def _render_ceilings(ceil: dict[str, Any], console: Console) -> None:
+    t = Table("ceiling (same broker, same PostgreSQL)", "per second", title="Ceilings")
+    t.add_row(f"confluent-kafka produce ({ceil['message_bytes']} B events)", _n(ceil["produce_msgs_per_s"]))
+    t.add_row("confluent-kafka consume", _n(ceil["consume_msgs_per_s"]))
+    t.add_row("PostgreSQL COPY into cost_lines", _n(ceil["copy_rows_per_s"]))
+    t.add_row("chain: consume → produce → COPY per line", _n(ceil["chain_lines_per_s"]))
+    t.add_row("modeled chain: 3 produces + 4 consumes + 1 row per line", _n(ceil["modeled_chain_lines_per_s"]))
+    if "csv_parser_lines_per_s" in ceil:
+        t.add_row("CSV parser (lines)", _n(ceil["csv_parser_lines_per_s"]))
+    console.print(t)
+
+
+def _render_pipeline(pipe: dict[str, Any], chain: float | None, console: Console) -> None:
+    t = Table("stage", "lines", "done at (s)", "lines/s since poll", "best 5 s", "share of chain", title="Pipeline")
+    for k in STAGES:
+        s = pipe.get("stages", {}).get(k, {})
+        t.add_row(
+            k,
+            _n(s.get("lines")),
+            _n(s.get("seconds")),
+            _n(s.get("lines_per_s")),
+            _n(s.get("peak_lines_per_s_5s")),
+            _ratio(s.get("lines_per_s"), chain),
         )
-        for shape in ("first_page", "first_page_kind", "deep_page", "deep_page_kind", "floor"):
-            s = api[shape]
-            t.add_row(shape, _n(s["p50_ms"]), _n(s["p95_ms"]), _n(s["p99_ms"]), _n(s["max_ms"]), _n(s["db"]["p99_ms"]))
-        console.print(t)
-        ok = "green" if api["meets_target"] else "red"
-        console.print(
-            f"[{ok}]API p99 {api['p99_ms_worst']} ms over {api['load']['rows']:,} lines "
-            f"(target ≤ {api['target_p99_ms']} ms; floor: /healthz p99 {api['floor']['p99_ms']} ms, "
-            f"SELECT 1 p99 {api['floor']['db']['p99_ms']} ms on this machine meanwhile)[/{ok}]"
-        )
+    console.print(t)
+    colour = "green" if pipe["complete"] else "red"
+    console.print(
+        f"[{colour}]complete: {pipe['complete']}[/{colour}] · invoices pushed {pipe['invoices_pushed']}"
+        f"/{pipe['invoices_expected']} · finance rows {_n(pipe['finance_rows'])} · "
+        f"cost lines/s (poll → last completed) {_n(pipe['cost_lines_per_s'])} · "
+        f"ratio to chain ceiling {_pct(pipe.get('ratio_to_chain_ceiling'))} · ended: {pipe['ended']}"
+    )
+    console.print("peak RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in pipe["peak_rss_mib"].items()))
+    console.print("CPU µs per cost line: " + ", ".join(f"{k} {v}" for k, v in pipe.get("cpu_us_per_line", {}).items()))
+
+
+def _render_api(api: dict[str, Any], console: Console) -> None:
+    t = Table(
+        "GET /api/v1/billing/cost-lines", "p50 ms", "p95 ms", "p99 ms", "max ms", "query alone p99 ms", title="API"
+    )
+    for shape in ("first_page", "first_page_kind", "deep_page", "deep_page_kind", "floor"):
+        s = api[shape]
+        t.add_row(shape, _n(s["p50_ms"]), _n(s["p95_ms"]), _n(s["p99_ms"]), _n(s["max_ms"]), _n(s["db"]["p99_ms"]))
+    console.print(t)
+    ok = "green" if api["meets_target"] else "red"
+    console.print(
+        f"[{ok}]API p99 {api['p99_ms_worst']} ms over {api['load']['rows']:,} lines "
+        f"(target ≤ {api['target_p99_ms']} ms; floor: /healthz p99 {api['floor']['p99_ms']} ms, "
+        f"SELECT 1 p99 {api['floor']['db']['p99_ms']} ms on this machine meanwhile)[/{ok}]"
+    )
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:

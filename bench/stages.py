@@ -222,28 +222,13 @@ def pusher_replay(
         cleanup.callback(stop_process, sim)
     stop = StopSignal()
     thread = threading.Thread(target=pusher.run, args=(settings, stop), name="bench-pusher", daemon=True)
-    first = done = None
+    first: float | None = None
+    done: float | None = None
     try:
         if not wait_for_port("127.0.0.1", port, 60):
             raise RuntimeError("the finance simulator did not listen")
         thread.start()
-        last, last_change = -1, time.perf_counter()
-        with connect(settings, autocommit=True) as conn:
-            # Until all are pushed, or nothing moved for STALL_S (an invoice the money gates hold, a dead pusher).
-            while time.perf_counter() - last_change < STALL_S and thread.is_alive():
-                row = conn.execute(
-                    "SELECT count(*) AS n FROM finance_pusher.pushes WHERE published_at IS NOT NULL"
-                ).fetchone()
-                assert row is not None
-                now = time.perf_counter()
-                if row["n"] != last:
-                    last, last_change = row["n"], now
-                if first is None and row["n"]:
-                    first = now
-                if row["n"] >= invoices:
-                    done = now
-                    break
-                time.sleep(0.02)
+        first, done = _watch_pushes(settings, invoices, thread)
     finally:
         stop.set()
         thread.join(60)
@@ -256,6 +241,29 @@ def pusher_replay(
         "seconds": round(done - first, 2),
         "invoices_per_s": round((invoices - 1) / max(done - first, 1e-6), 1),
     }
+
+
+def _watch_pushes(settings: Settings, invoices: int, pusher: threading.Thread) -> tuple[float | None, float | None]:
+    """When the first invoice was pushed and when the last was: until all are, or nothing moved for STALL_S (an
+    invoice the money gates hold, a dead pusher)."""
+    first = done = None
+    last, last_change = -1, time.perf_counter()
+    with connect(settings, autocommit=True) as conn:
+        while time.perf_counter() - last_change < STALL_S and pusher.is_alive():
+            row = conn.execute(
+                "SELECT count(*) AS n FROM finance_pusher.pushes WHERE published_at IS NOT NULL"
+            ).fetchone()
+            assert row is not None
+            now = time.perf_counter()
+            if row["n"] != last:
+                last, last_change = row["n"], now
+            if first is None and row["n"]:
+                first = now
+            if row["n"] >= invoices:
+                done = now
+                break
+            time.sleep(0.02)
+    return first, done
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -552,6 +552,22 @@ class Chaos:
         base_dead: list[dict[str, Any]],
         r: Report,
     ) -> None:
+        """Fill the report's verdicts: finance, lines, completions, read models, poison, services up."""
+        s = run.settings()
+        self._judge_finance(run, accounts, base_finance, r)
+        self._judge_lines(run, accounts, r)
+        _judge_completions(s, r)
+        # Read models, table by table, row by row.
+        diffs = diff_tables(base_tables, run.tables())
+        r.table_diffs = [d.__dict__ | {"equal": d.equal} for d in diffs]
+        r.read_models_equal = bool(diffs) and all(d.equal for d in diffs)
+        self._judge_poison(run, s, base_dead, r)
+        self._judge_liveness(run, r)
+
+    def _judge_finance(
+        self, run: Run, accounts: list[GenAccount], base_finance: list[dict[str, Any]], r: Report
+    ) -> None:
+        """What finance holds: every invoice once, with its gross, as in the undisturbed run."""
         gross = {u: g for a in accounts for u, g in a.gross_by_invoice.items()}
         finance = self._safe(run.finance_rows, [])
         fv = judge_finance(finance, gross, base_finance)
@@ -562,7 +578,9 @@ class Chaos:
             r.notes.append(
                 f"finance: lost {fv.lost[:5]}, doubled {fv.doubled}, updated {fv.updated}, wrong {dict(list(fv.wrong_amounts.items())[:5])}, unexpected {fv.unexpected[:5]}"
             )
-        # Lines: every invoice's current lines in the read model, once each.
+
+    def _judge_lines(self, run: Run, accounts: list[GenAccount], r: Report) -> None:
+        """Every invoice's current lines in the read model, once each."""
         expected = {u: n for a in accounts for u, n in a.lines_by_invoice.items()}
         with connect(run.stack.database_url) as conn:
             got = {
@@ -575,29 +593,9 @@ class Chaos:
         r.lost_lines = sum(max(0, n - got.get(u, (0, 0))[1]) for u, n in expected.items())
         r.lost += r.lost_lines
         r.doubled += sum(max(0, got.get(u, (0, 0))[0] - n) for u, n in expected.items())
-        # Completions: one content per invoice revision (a re-sent copy is harmless; another content is not).
-        s = run.settings()
-        contents: dict[tuple[str, int], set[bytes]] = {}
-        for rec in read_topic(s, s.kafka_topic_prefix + INVOICE_COMPLETED.base, timeout=60):
-            try:
-                _, done = decode(rec.value)
-            except EventDecodeError:
-                continue  # the poison
-            if isinstance(done, InvoiceCompleted):
-                contents.setdefault((done.invoice_uuid, done.revision), set()).add(rec.value or b"")
-        twice = {f"{u}#{rev}": len(v) for (u, rev), v in contents.items() if len(v) > 1}
-        r.doubled += len(twice)
-        if twice:
-            r.notes.append(f"revisions completed twice with different content: {dict(list(twice.items())[:5])}")
-        revisions = Counter(u for u, _ in contents)
-        again = {u: n for u, n in revisions.items() if n > 1}
-        if again:
-            r.notes.append(f"invoices completed in more than one revision: {dict(list(again.items())[:5])}")
-        # Read models, table by table, row by row.
-        diffs = diff_tables(base_tables, run.tables())
-        r.table_diffs = [d.__dict__ | {"equal": d.equal} for d in diffs]
-        r.read_models_equal = bool(diffs) and all(d.equal for d in diffs)
-        # Poison: in its topic's dead-letter topic, with the reason; nothing else dead-lettered.
+
+    def _judge_poison(self, run: Run, s: Settings, base_dead: list[dict[str, Any]], r: Report) -> None:
+        """Each poison record in its topic's dead-letter topic, with the reason; nothing else dead-lettered."""
         found: dict[str, list[dict[str, str]]] = {}
         for kind, (topic, _partition, offset) in self.poison_offsets.items():
             copies = []
@@ -624,7 +622,9 @@ class Chaos:
         r.unexpected_dead_letters = sum((chaos_set - base_set).values())
         if r.unexpected_dead_letters:
             r.notes.append(f"dead letters beyond the poison: {dict(chaos_set - base_set)}")
-        # Every service up (and the simulators).
+
+    def _judge_liveness(self, run: Run, r: Report) -> None:
+        """Every service up (and the simulators, and the broker), and every service killed at least once."""
         r.restarts_by_service = dict(run.restarts)
         r.services_down = [c.name for c in run.stack.children.values() if not c.alive()]
         if self.broker_error:
@@ -635,6 +635,26 @@ class Chaos:
         )
         if missing:
             r.notes.append(f"services never killed: {missing}")
+
+
+def _judge_completions(s: Settings, r: Report) -> None:
+    """One content per invoice revision (a re-sent copy is harmless; another content is not)."""
+    contents: dict[tuple[str, int], set[bytes]] = {}
+    for rec in read_topic(s, s.kafka_topic_prefix + INVOICE_COMPLETED.base, timeout=60):
+        try:
+            _, done = decode(rec.value)
+        except EventDecodeError:
+            continue  # the poison
+        if isinstance(done, InvoiceCompleted):
+            contents.setdefault((done.invoice_uuid, done.revision), set()).add(rec.value or b"")
+    twice = {f"{u}#{rev}": len(v) for (u, rev), v in contents.items() if len(v) > 1}
+    r.doubled += len(twice)
+    if twice:
+        r.notes.append(f"revisions completed twice with different content: {dict(list(twice.items())[:5])}")
+    revisions = Counter(u for u, _ in contents)
+    again = {u: n for u, n in revisions.items() if n > 1}
+    if again:
+        r.notes.append(f"invoices completed in more than one revision: {dict(list(again.items())[:5])}")
 
 
 def _dead_key(d: dict[str, Any], prefix: str) -> str:

@@ -14,8 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Every service the chaos run kills (the alerter is not in the issue's list; it runs and is checked for being up).
-KILLED_SERVICES = ("poller", "ingester", "matcher", "finance-pusher", "projector", "api")
+from cloudbill.services import KILLABLE
+
+# Every service the chaos run kills (not the alerter: it runs and is checked for being up), in registry order.
+KILLED_SERVICES = KILLABLE
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,76 @@ class PlanOptions:
     services: tuple[str, ...] = KILLED_SERVICES
 
 
+def _kills(opts: PlanOptions, rng: random.Random) -> list[Fault]:
+    """Kills spread over the window, round after round over the services, each round in its own order."""
+    services = list(opts.services)
+    rng.shuffle(services)
+    targets: list[str] = []
+    while len(targets) < opts.kills:  # round after round, each in its own order: every service about as often
+        rng.shuffle(services)
+        targets += services[: opts.kills - len(targets)]
+    faults: list[Fault] = []
+    last: dict[str, float] = {}
+    for i, svc in enumerate(targets):
+        slot = opts.window_s * 0.9 / max(1, len(targets))
+        kill_at = 2.0 + i * slot + rng.random() * slot * 0.8
+        kill_at = max(kill_at, last.get(svc, -math.inf) + 4.0)
+        last[svc] = kill_at
+        faults.append(Fault(round(kill_at, 1), "kill", svc))
+    return faults
+
+
+def _broker_kills(opts: PlanOptions, rng: random.Random) -> list[Fault]:
+    """The broker killed `broker_kills` times, each in its own slice of 25 %..60 % of the window."""
+    faults: list[Fault] = []
+    for k in range(opts.broker_kills):
+        lo, hi = 0.25 + 0.35 * k / max(1, opts.broker_kills), 0.25 + 0.35 * (k + 1) / max(1, opts.broker_kills)
+        faults.append(Fault(round(opts.window_s * (lo + rng.random() * (hi - lo)), 1), "broker_kill"))
+    return faults
+
+
+def _finance_faults(opts: PlanOptions) -> list[Fault]:
+    """503 from the start (every push waits, retried and parked while services die), then 429 bursts with
+    Retry-After, then timeouts. No randomness: the same for every seed."""
+    t = 0.0
+    faults = [Fault(t, "finance", params={"unavailable_seconds": opts.finance_outage_s})]
+    t = round(t + opts.finance_outage_s, 1)
+    half = opts.finance_rate_limited_calls // 2
+    faults.append(Fault(t, "finance", params={"rate_limited_calls": half, "retry_after_s": 2}))
+    faults.append(
+        Fault(
+            round(t + 10, 1),
+            "finance",
+            params={"rate_limited_calls": opts.finance_rate_limited_calls - half, "retry_after_s": 0},
+        )
+    )
+    t = round(t + 20, 1)
+    slow_ms = int((opts.finance_timeout_s + 2) * 1000)
+    faults.append(Fault(t, "finance", params={"slow_ms": slow_ms}))
+    faults.append(Fault(round(t + opts.finance_slow_s, 1), "finance", params={"slow_ms": 0}))
+    return faults
+
+
+def _do_faults(w: float, rng: random.Random) -> list[Fault]:
+    """DigitalOcean's faults over a window of `w` seconds, each at a jittered fraction of it."""
+
+    def at(fraction: float) -> float:
+        return round(w * (fraction + rng.random() * 0.05), 1)
+
+    return [
+        Fault(0.0, "do", params={"slow_ms": 400}),  # from the start: the ingester is busy while services die
+        Fault(at(0.3), "do", params={"slow_ms": 0}),
+        Fault(at(0.05), "do", params={"rate_limit": 4, "retry_after": 1}),
+        Fault(at(0.15), "do", params={"rate_limit_reset_only": 4, "retry_after": 2}),
+        Fault(at(0.3), "do", params={"rate_limit": 6, "retry_after": 0}),
+        Fault(at(0.4), "do", params={"server_errors": 6, "server_error_status": 503}),
+        Fault(at(0.5), "do", params={"server_errors": 4, "server_error_status": 502}),
+        Fault(at(0.6), "do", params={"slow_ms": 1500}),
+        Fault(at(0.75), "do", params={"slow_ms": 0}),
+        Fault(at(0.8), "do", params={"server_errors": 3, "server_error_status": 500}),
+    ]
+
+
 def plan(opts: PlanOptions) -> list[Fault]:
     """The fault schedule for a seed, sorted by time.
 
@@ -67,65 +139,7 @@ def plan(opts: PlanOptions) -> list[Fault]:
     """
     rng = random.Random(opts.seed)
     w = opts.window_s
-    faults: list[Fault] = []
-
-    # --- kills
-    services = list(opts.services)
-    rng.shuffle(services)
-    targets: list[str] = []
-    while len(targets) < opts.kills:  # round after round, each in its own order: every service about as often
-        rng.shuffle(services)
-        targets += services[: opts.kills - len(targets)]
-    last: dict[str, float] = {}
-    for i, svc in enumerate(targets):
-        slot = w * 0.9 / max(1, len(targets))
-        kill_at = 2.0 + i * slot + rng.random() * slot * 0.8
-        kill_at = max(kill_at, last.get(svc, -math.inf) + 4.0)
-        last[svc] = kill_at
-        faults.append(Fault(round(kill_at, 1), "kill", svc))
-
-    # --- the broker
-    for k in range(opts.broker_kills):
-        lo, hi = 0.25 + 0.35 * k / max(1, opts.broker_kills), 0.25 + 0.35 * (k + 1) / max(1, opts.broker_kills)
-        faults.append(Fault(round(w * (lo + rng.random() * (hi - lo)), 1), "broker_kill"))
-
-    # --- finance: 503 from the start (every push waits, retried and parked while services die), then 429
-    # bursts with Retry-After, then timeouts
-    t = 0.0
-    faults.append(Fault(t, "finance", params={"unavailable_seconds": opts.finance_outage_s}))
-    t = round(t + opts.finance_outage_s, 1)
-    half = opts.finance_rate_limited_calls // 2
-    faults.append(Fault(t, "finance", params={"rate_limited_calls": half, "retry_after_s": 2}))
-    faults.append(
-        Fault(
-            round(t + 10, 1),
-            "finance",
-            params={"rate_limited_calls": opts.finance_rate_limited_calls - half, "retry_after_s": 0},
-        )
-    )
-    t = round(t + 20, 1)
-    slow_ms = int((opts.finance_timeout_s + 2) * 1000)
-    faults.append(Fault(t, "finance", params={"slow_ms": slow_ms}))
-    faults.append(Fault(round(t + opts.finance_slow_s, 1), "finance", params={"slow_ms": 0}))
-
-    # --- DigitalOcean
-    def at(fraction: float) -> float:
-        return round(w * (fraction + rng.random() * 0.05), 1)
-
-    faults += [
-        Fault(0.0, "do", params={"slow_ms": 400}),  # from the start: the ingester is busy while services die
-        Fault(at(0.3), "do", params={"slow_ms": 0}),
-        Fault(at(0.05), "do", params={"rate_limit": 4, "retry_after": 1}),
-        Fault(at(0.15), "do", params={"rate_limit_reset_only": 4, "retry_after": 2}),
-        Fault(at(0.3), "do", params={"rate_limit": 6, "retry_after": 0}),
-        Fault(at(0.4), "do", params={"server_errors": 6, "server_error_status": 503}),
-        Fault(at(0.5), "do", params={"server_errors": 4, "server_error_status": 502}),
-        Fault(at(0.6), "do", params={"slow_ms": 1500}),
-        Fault(at(0.75), "do", params={"slow_ms": 0}),
-        Fault(at(0.8), "do", params={"server_errors": 3, "server_error_status": 500}),
-    ]
-
-    # --- poison
+    faults = _kills(opts, rng) + _broker_kills(opts, rng) + _finance_faults(opts) + _do_faults(w, rng)
     for kind in POISON_KINDS:
         faults.append(Fault(round(w * 0.2 + rng.random() * w * 0.1, 1), "poison", kind))
     return sorted(faults, key=lambda f: (f.at, f.kind, f.target))

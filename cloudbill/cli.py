@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 import traceback
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -21,8 +20,14 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+import services.api.cli
+import services.poller.cli
+import sims.cli
+from cloudbill import chaos, dlq, finops, invoices, ops
+from cloudbill.context import settings as _settings
+from cloudbill.services import BY_NAME, Service
 from shared import logging as cblog
-from shared.settings import Settings, describe_validation_error, get_settings, use_env_files
+from shared.settings import describe_validation_error, get_settings, use_env_files
 
 # No rich tracebacks: they print local variables (settings, tokens) and boxes where one line is wanted.
 app = typer.Typer(
@@ -55,41 +60,13 @@ def _use_running_dev_stack(ctx: typer.Context) -> None:
         typer.echo(stack.notice(), err=True)
 
 
-class Service(StrEnum):
-    poller = "poller"
-    ingester = "ingester"
-    matcher = "matcher"
-    finance_pusher = "finance-pusher"
-    alerter = "alerter"
-    projector = "projector"
-    api = "api"
-
-
-# service name -> (module, function). Each takes (settings) and runs until SIGTERM/SIGINT.
-SERVICE_ENTRYPOINTS: dict[Service, tuple[str, str]] = {
-    Service.poller: ("services.poller.main", "run"),
-    Service.ingester: ("services.ingester.main", "run"),
-    Service.matcher: ("services.matcher.main", "run"),
-    Service.finance_pusher: ("services.finance_pusher.main", "run"),
-    Service.alerter: ("services.alerter.main", "run"),
-    Service.projector: ("services.projector.main", "run"),
-    Service.api: ("services.api.main", "run"),
-}
-
-
-def _settings() -> Settings:
-    s = get_settings()
-    cblog.setup("cloudbill", s.log_format, s.log_level)
-    return s
-
-
 @app.command()
 def run(service: Annotated[Service, typer.Argument(help="The service to run until SIGTERM.")]) -> None:
     """Start one service (its own process, its own consumer group)."""
     settings = get_settings()
     cblog.setup(service.value, settings.log_format, settings.log_level)
-    module, func = SERVICE_ENTRYPOINTS[service]
-    getattr(importlib.import_module(module), func)(settings)
+    # Imported here, not at the top: `cloudbill --help` should not pay for every service's dependencies.
+    importlib.import_module(BY_NAME[service.value].module).run(settings)
 
 
 @app.command()
@@ -140,20 +117,15 @@ def db_migrate() -> None:
         typer.echo(f"{schema}: {', '.join(applied) if applied else 'up to date'}")
 
 
-def _mount(module: str, attr: str, name: str) -> None:
-    """Mount a sub-command group owned by another package."""
-    sub = getattr(importlib.import_module(module), attr)
-    app.add_typer(sub, name=name)
-
-
-_mount("sims.cli", "app", "sim")
-_mount("services.poller.cli", "app", "poll")
-_mount("cloudbill.invoices", "app", "invoices")
-importlib.import_module("services.api.cli").register(app)
-importlib.import_module("cloudbill.ops").register(app)
-importlib.import_module("cloudbill.dlq").register(app)
-importlib.import_module("cloudbill.finops").register(app)
-importlib.import_module("cloudbill.chaos").register(app)
+# Sub-command groups owned by other modules, mounted in this order (the order of `cloudbill --help`).
+app.add_typer(sims.cli.app, name="sim")
+app.add_typer(services.poller.cli.app, name="poll")
+app.add_typer(invoices.app, name="invoices")
+services.api.cli.register(app)
+ops.register(app)
+dlq.register(app)
+finops.register(app)
+chaos.register(app)
 
 
 def user_error(e: BaseException) -> str | None:

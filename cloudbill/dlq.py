@@ -20,17 +20,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloudbill.context import settings as _settings
 from shared.kafka.deadletter import DeadLetter, RedriveError, parse_dead_letter_id
 from shared.settings import Settings
 
 app = typer.Typer(help="Dead letters: list, show, redrive after a fix.", no_args_is_help=True)
 console = Console()
-
-
-def _settings() -> Settings:
-    from cloudbill.cli import _settings as settings
-
-    return settings()
 
 
 def dlq_topics(settings: Settings, topic: str | None = None) -> list[str]:

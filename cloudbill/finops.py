@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared import logging as cblog
-from shared.settings import Settings, get_settings
+from cloudbill import context
+from shared.settings import Settings
 
 export_app = typer.Typer(help="Export billing data in standard formats.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -26,8 +26,7 @@ class Format(StrEnum):
 
 
 def _settings() -> Settings:
-    s = get_settings()
-    cblog.setup("cloudbill", s.log_format, s.log_level)
+    s = context.settings()
     if not s.database_url:
         console.print("error: DATABASE_URL is not set")
         raise typer.Exit(2)

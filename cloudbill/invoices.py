@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cloudbill.context import settings as _settings
 from shared.events import InvoiceRefetchRequested, InvoiceReleased, utcnow
 
 app = typer.Typer(help="Held invoices (the money gates): release one as it is, or fetch its CSV again.")
@@ -92,7 +93,6 @@ def release(
     revision: Annotated[int | None, typer.Option("--revision", help="Release only if held at this revision.")] = None,
 ) -> None:
     """Push a held invoice's revision to finance as it is, recorded with who and why."""
-    from cloudbill.cli import _settings
     from shared.topics import INVOICE_COMPLETED
 
     settings = _settings()
@@ -117,7 +117,6 @@ def refetch(
     by: Annotated[str | None, typer.Option("--by", help="Who asks (default: your user name).")] = None,
 ) -> None:
     """Fetch an invoice's CSV again now (a changed, reconciling CSV releases a held invoice)."""
-    from cloudbill.cli import _settings
     from shared.topics import INVOICE_DISCOVERED
 
     settings = _settings()

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from cloudbill.context import settings as _settings
+
 if TYPE_CHECKING:
     from cloudbill.devenv import DevEnvFile
     from cloudbill.stack import Stack, StackConfig
@@ -54,7 +56,6 @@ def replay(
     ] = None,
 ) -> None:
     """Rewind a stopped stage so it reprocesses history (see the README's replay recipes)."""
-    from cloudbill.cli import _settings
     from shared.kafka.admin import GroupActiveError, rewind_group
     from shared.topics import STAGES
 
@@ -88,7 +89,6 @@ def status(
     """Per stage: consumer lag and dead letters; last poll per account; invoices by status."""
     import json
 
-    from cloudbill.cli import _settings
     from cloudbill.status import collect, render
 
     report = collect(_settings())

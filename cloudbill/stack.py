@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cloudbill.services import START_ORDER
 from shared import lifeline
 from shared.devinfra import (
     ApacheKafka,
@@ -41,7 +42,7 @@ from shared.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("projector", "ingester", "matcher", "finance-pusher", "alerter", "api", "poller")
+SERVICES = START_ORDER  # every service of the registry, in the order the stack starts them
 DEV_DO_TOKEN = "dop_v1_devsimulatortoken"
 # Like compose's restart policy, with a budget: a service that keeps dying is left down and reported.
 RESTARTS_PER_WINDOW = 5

@@ -383,19 +383,24 @@ class DigitalOceanClient:
                     last = f"HTTP {resp.status_code}"
                     wait = self._wait_for(resp, attempt)
             if attempt < self.max_retries:
-                if self.retry_budget_s is not None:
-                    spent = self._clock() - began
-                    if spent + wait + self._timeout_s > self.retry_budget_s:
-                        raise DigitalOceanUnavailable(
-                            call,
-                            f"gave up after {attempt + 1} attempt(s) in {spent:.1f}s: the next one would end past "
-                            f"the {self.retry_budget_s:g}s budget, last: {last}",
-                        )
+                self._within_budget(call, attempt, began, wait, last)
                 log.warning(
                     "DigitalOcean %s: %s, retry %d/%d in %.1fs", call, last, attempt + 1, self.max_retries, wait
                 )
                 self._sleep(wait)
         raise DigitalOceanUnavailable(call, f"gave up after {self.max_retries + 1} attempts, last: {last}")
+
+    def _within_budget(self, call: str, attempt: int, began: float, wait: float, last: str) -> None:
+        """Give up now when the next attempt, after `wait`, could end past the retry budget."""
+        if self.retry_budget_s is None:
+            return
+        spent = self._clock() - began
+        if spent + wait + self._timeout_s > self.retry_budget_s:
+            raise DigitalOceanUnavailable(
+                call,
+                f"gave up after {attempt + 1} attempt(s) in {spent:.1f}s: the next one would end past "
+                f"the {self.retry_budget_s:g}s budget, last: {last}",
+            )
 
     def _wait_for(self, resp: httpx.Response, attempt: int) -> float:
         """`retry-after` (seconds or a date), else on a 429 `ratelimit-reset` (epoch): a lower bound on the

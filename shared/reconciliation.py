@@ -48,6 +48,37 @@ def _check(source: str, expected: int | None, actual: int, tolerance: int, missi
     )
 
 
+def _history_check(
+    gross_minor: int, csv_currency: str, expected: Expected, tolerance_minor: int
+) -> ReconciliationCheck:
+    """The billing history's amount against the lines' gross (a CSV in another currency never matches)."""
+    if csv_currency.upper() != expected.currency.upper():
+        return ReconciliationCheck(
+            source=HISTORY,
+            expected_minor=expected.history_minor,
+            actual_minor=gross_minor,
+            ok=False,
+            note=f"the CSV is in {csv_currency.upper()}, the billing history in {expected.currency.upper()}",
+        )
+    return _check(HISTORY, expected.history_minor, gross_minor, tolerance_minor, "no billing-history amount")
+
+
+def _summary_checks(
+    gross_minor: int, tax_minor: int, expected: Expected, tolerance_minor: int
+) -> list[ReconciliationCheck]:
+    """The summary's amount and taxes, when it was fetched (an error fetching it is a failed check)."""
+    if not expected.summary_fetched:
+        return []
+    if expected.summary_error:
+        return [ReconciliationCheck(source=SUMMARY_AMOUNT, ok=False, note=expected.summary_error)]
+    checks = [_check(SUMMARY_AMOUNT, expected.summary_amount_minor, gross_minor, tolerance_minor, "no summary amount")]
+    if expected.summary_taxes_minor is not None:
+        checks.append(
+            _check(SUMMARY_TAXES, expected.summary_taxes_minor, tax_minor, tolerance_minor, "no summary taxes")
+        )
+    return checks
+
+
 def reconcile(
     *,
     gross_minor: int,
@@ -60,21 +91,7 @@ def reconcile(
     """The evidence for one parsed CSV. `matched` only when every required source agrees within tolerance."""
     if tolerance_minor < 0:
         raise ValueError("the reconciliation tolerance cannot be negative")
-    checks: list[ReconciliationCheck] = []
-    if csv_currency.upper() != expected.currency.upper():
-        checks.append(
-            ReconciliationCheck(
-                source=HISTORY,
-                expected_minor=expected.history_minor,
-                actual_minor=gross_minor,
-                ok=False,
-                note=f"the CSV is in {csv_currency.upper()}, the billing history in {expected.currency.upper()}",
-            )
-        )
-    else:
-        checks.append(
-            _check(HISTORY, expected.history_minor, gross_minor, tolerance_minor, "no billing-history amount")
-        )
+    checks = [_history_check(gross_minor, csv_currency, expected, tolerance_minor)]
     checks.append(
         _check(
             INVOICE_LIST,
@@ -84,17 +101,7 @@ def reconcile(
             "the invoice is not in DigitalOcean's invoice list",
         )
     )
-    if expected.summary_fetched:
-        if expected.summary_error:
-            checks.append(ReconciliationCheck(source=SUMMARY_AMOUNT, ok=False, note=expected.summary_error))
-        else:
-            checks.append(
-                _check(SUMMARY_AMOUNT, expected.summary_amount_minor, gross_minor, tolerance_minor, "no summary amount")
-            )
-            if expected.summary_taxes_minor is not None:
-                checks.append(
-                    _check(SUMMARY_TAXES, expected.summary_taxes_minor, tax_minor, tolerance_minor, "no summary taxes")
-                )
+    checks += _summary_checks(gross_minor, tax_minor, expected, tolerance_minor)
     if not ends_with_line_break:
         checks.append(
             ReconciliationCheck(

@@ -27,6 +27,7 @@ import json
 import random
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -100,104 +101,136 @@ def _usd(d: Decimal) -> str:
     return f"-${-d}" if d < 0 else f"${d}"
 
 
+def _droplet(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    size = rng.choice(DROPLET_SIZES)
+    name = f"node-{i:05d}"
+    obj = {
+        "id": 300_000_000 + i,
+        "name": name,
+        "memory": 1024,
+        "vcpus": 1,
+        "disk": 25,
+        "locked": False,
+        "status": "active",
+        "created_at": created,
+        "size_slug": size,
+        "size": {"slug": size},
+        "region": {"slug": region, "name": region.upper()},
+        "image": {"slug": "ubuntu-24-04-x64", "distribution": "Ubuntu"},
+        "networks": {"v4": [], "v6": []},
+        "tags": [rng.choice(["prod", "staging", "ci"])],
+    }
+    return _Res("droplets", obj, name, "Droplets", f"{name} ({size})")
+
+
+def _volume(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    gb = rng.choice([10, 50, 100, 250, 500])
+    name = f"vol-{region}-{i:05d}"
+    obj = {
+        "id": _uuid(rng),
+        "name": name,
+        "size_gigabytes": gb,
+        "region": {"slug": region},
+        "droplet_ids": [],
+        "created_at": created,
+        "filesystem_type": "ext4",
+        "tags": [],
+    }
+    return _Res("volumes", obj, name, "Volumes", f"{name} ({region}) {gb}GB")
+
+
+def _database(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    size = rng.choice(DB_SIZES)
+    name = f"db-postgresql-{region}-{10000 + i}"
+    obj = {
+        "id": _uuid(rng),
+        "name": name,
+        "engine": "pg",
+        "version": "16",
+        "size": size,
+        "region": region,
+        "num_nodes": 1,
+        "status": "online",
+        "created_at": created,
+        "tags": [],
+    }
+    return _Res("databases", obj, name, "Managed Databases", f"{name} ({size})")
+
+
+def _load_balancer(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    name = f"lb-{i:05d}"
+    obj = {
+        "id": _uuid(rng),
+        "name": name,
+        "size": "lb-small",
+        "status": "active",
+        "created_at": created,
+        "region": {"slug": region},
+        "droplet_ids": [],
+    }
+    return _Res("load_balancers", obj, name, "Load Balancers", f"{name} (lb-small)")
+
+
+def _kubernetes_cluster(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    name = f"k8s-{i:05d}"
+    obj = {
+        "id": _uuid(rng),
+        "name": name,
+        "region": region,
+        "version": "1.31.1-do.0",
+        "created_at": created,
+        "node_pools": [{"id": _uuid(rng), "name": f"{name}-pool", "size": "s-2vcpu-4gb", "count": 2}],
+    }
+    return _Res("kubernetes_clusters", obj, name, "Kubernetes Clusters", "HA control plane", group=name)
+
+
+def _app(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    name = f"app-{i:05d}"
+    obj = {"id": _uuid(rng), "spec": {"name": name, "region": region}, "created_at": created, "tier_slug": "basic"}
+    return _Res("apps", obj, name, "App Platform", f"{name} (basic-xxs)")
+
+
+def _snapshot(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    name = f"snap-{i:05d}-{1_700_000_000 + i}"
+    snap_gb = rng.choice(["1.5", "2.5", "4.2"])
+    obj = {
+        "id": str(150_000_000 + i),
+        "name": name,
+        "regions": [region],
+        "created_at": created,
+        "resource_type": "droplet",
+        "resource_id": str(300_000_000 + i),
+        "size_gigabytes": float(snap_gb),
+    }
+    return _Res("snapshots", obj, name, "Snapshots", f"{name} ({region}) {snap_gb}GB")
+
+
+def _reserved_ip(rng: random.Random, i: int, region: str, created: str) -> _Res:
+    ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+    obj = {"ip": ip, "region": {"slug": region}, "droplet": None, "locked": False}
+    return _Res("reserved_ips", obj, ip, "Reserved IPs", f"Unused Reserved IP - {ip}")
+
+
+# One builder per resource kind: each draws its own fields from the rng after the region and creation time.
+_BUILDERS: dict[str, Callable[[random.Random, int, str, str], _Res]] = {
+    "droplets": _droplet,
+    "volumes": _volume,
+    "databases": _database,
+    "load_balancers": _load_balancer,
+    "kubernetes_clusters": _kubernetes_cluster,
+    "apps": _app,
+    "snapshots": _snapshot,
+    "reserved_ips": _reserved_ip,
+}
+
+
 def _resource(rng: random.Random, kind: str, i: int) -> _Res:
     region = rng.choice(REGIONS)
     created = _iso(datetime(2023, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 1_500_000)))
-    if kind == "droplets":
-        size = rng.choice(DROPLET_SIZES)
-        name = f"node-{i:05d}"
-        obj = {
-            "id": 300_000_000 + i,
-            "name": name,
-            "memory": 1024,
-            "vcpus": 1,
-            "disk": 25,
-            "locked": False,
-            "status": "active",
-            "created_at": created,
-            "size_slug": size,
-            "size": {"slug": size},
-            "region": {"slug": region, "name": region.upper()},
-            "image": {"slug": "ubuntu-24-04-x64", "distribution": "Ubuntu"},
-            "networks": {"v4": [], "v6": []},
-            "tags": [rng.choice(["prod", "staging", "ci"])],
-        }
-        return _Res(kind, obj, name, "Droplets", f"{name} ({size})")
-    if kind == "volumes":
-        gb = rng.choice([10, 50, 100, 250, 500])
-        name = f"vol-{region}-{i:05d}"
-        obj = {
-            "id": _uuid(rng),
-            "name": name,
-            "size_gigabytes": gb,
-            "region": {"slug": region},
-            "droplet_ids": [],
-            "created_at": created,
-            "filesystem_type": "ext4",
-            "tags": [],
-        }
-        return _Res(kind, obj, name, "Volumes", f"{name} ({region}) {gb}GB")
-    if kind == "databases":
-        size = rng.choice(DB_SIZES)
-        name = f"db-postgresql-{region}-{10000 + i}"
-        obj = {
-            "id": _uuid(rng),
-            "name": name,
-            "engine": "pg",
-            "version": "16",
-            "size": size,
-            "region": region,
-            "num_nodes": 1,
-            "status": "online",
-            "created_at": created,
-            "tags": [],
-        }
-        return _Res(kind, obj, name, "Managed Databases", f"{name} ({size})")
-    if kind == "load_balancers":
-        name = f"lb-{i:05d}"
-        obj = {
-            "id": _uuid(rng),
-            "name": name,
-            "size": "lb-small",
-            "status": "active",
-            "created_at": created,
-            "region": {"slug": region},
-            "droplet_ids": [],
-        }
-        return _Res(kind, obj, name, "Load Balancers", f"{name} (lb-small)")
-    if kind == "kubernetes_clusters":
-        name = f"k8s-{i:05d}"
-        obj = {
-            "id": _uuid(rng),
-            "name": name,
-            "region": region,
-            "version": "1.31.1-do.0",
-            "created_at": created,
-            "node_pools": [{"id": _uuid(rng), "name": f"{name}-pool", "size": "s-2vcpu-4gb", "count": 2}],
-        }
-        return _Res(kind, obj, name, "Kubernetes Clusters", "HA control plane", group=name)
-    if kind == "apps":
-        name = f"app-{i:05d}"
-        obj = {"id": _uuid(rng), "spec": {"name": name, "region": region}, "created_at": created, "tier_slug": "basic"}
-        return _Res(kind, obj, name, "App Platform", f"{name} (basic-xxs)")
-    if kind == "snapshots":
-        name = f"snap-{i:05d}-{1_700_000_000 + i}"
-        snap_gb = rng.choice(["1.5", "2.5", "4.2"])
-        obj = {
-            "id": str(150_000_000 + i),
-            "name": name,
-            "regions": [region],
-            "created_at": created,
-            "resource_type": "droplet",
-            "resource_id": str(300_000_000 + i),
-            "size_gigabytes": float(snap_gb),
-        }
-        return _Res(kind, obj, name, "Snapshots", f"{name} ({region}) {snap_gb}GB")
-    if kind == "reserved_ips":
-        ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-        obj = {"ip": ip, "region": {"slug": region}, "droplet": None, "locked": False}
-        return _Res(kind, obj, ip, "Reserved IPs", f"Unused Reserved IP - {ip}")
-    raise GenerateError(f"unknown kind {kind}")  # pragma: no cover
+    builder = _BUILDERS.get(kind)
+    if builder is None:  # pragma: no cover
+        raise GenerateError(f"unknown kind {kind}")
+    return builder(rng, i, region, created)
 
 
 def _periods(n: int) -> list[tuple[int, int]]:
@@ -210,6 +243,166 @@ def _periods(n: int) -> list[tuple[int, int]]:
 
 
 MAX_INVOICES = 12_000  # a thousand years of months: dates keep four-digit years
+
+
+def _check(invoices: int, lines: int, resources: int, big_invoices: int, big_lines: int, bal: Balances) -> None:
+    """Refuse bad arguments before anything is written."""
+    if invoices < 1 or lines < 1 or resources < 0:
+        raise GenerateError("--invoices and --lines must be >= 1, --resources >= 0")
+    if bal.months < 0 or bal.months > invoices + big_invoices:
+        raise GenerateError("--balance-months must be between 0 and --invoices")
+    if bal.step_hours < 1 or 24 % bal.step_hours or not 1 <= bal.current_days <= 31:
+        raise GenerateError("--balance-step-hours must divide 24, --current-days be 1..31")
+    if bal.spike_day is not None and not 1 <= bal.spike_day <= bal.current_days:
+        raise GenerateError("--spike-day must be a day of the current month up to --current-days")
+    if bal.new_products < 0 or bal.new_products > len(NEW_PRODUCTS):
+        raise GenerateError(f"--new-products at most {len(NEW_PRODUCTS)}")
+    if big_invoices < 0 or (big_invoices and big_lines < 1):
+        raise GenerateError("--big-invoices must be >= 0, and --big-lines >= 1 when there are big invoices")
+    if invoices + big_invoices > MAX_INVOICES:
+        raise GenerateError(f"at most {MAX_INVOICES} invoices in all (one per month, a thousand years)")
+
+
+def _empty_folder(out: Path, force: bool) -> None:
+    """An output folder with an empty `invoices/`: never overwrite a non-empty one unless forced."""
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise GenerateError(f"{out} is not empty (use --force to overwrite)")
+        shutil.rmtree(out)
+    (out / "invoices").mkdir(parents=True, exist_ok=True)
+
+
+def _inventory(rng: random.Random, resources: int) -> tuple[list[_Res], dict[str, list[dict[str, Any]]]]:
+    """`resources` resources of weighted kinds, and the inventory file's objects by kind."""
+    kinds = list(KIND_WEIGHTS)
+    res_list = [_resource(rng, rng.choices(kinds, weights=list(KIND_WEIGHTS.values()))[0], i) for i in range(resources)]
+    inventory: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    for r in res_list:
+        inventory[r.kind].append(r.obj)
+    return res_list, inventory
+
+
+def _cost_row(
+    rng: random.Random, res_list: list[_Res], k: int, j: int, start: datetime, end: datetime
+) -> tuple[dict[str, str], Decimal]:
+    """Line `j` of invoice `k` and its amount: a current resource (about half), Spaces, or a destroyed droplet."""
+    full = int((end - start).total_seconds()) // 3600  # the month's hours
+    roll = rng.random()
+    hours, s, e = full, start, end
+    group = ""
+    if res_list and roll < 0.5:
+        r = res_list[rng.randrange(len(res_list))]
+        product, desc, group = r.product, r.description, r.group
+        amount = Decimal(rng.randint(100, 6000)) * CENT
+    elif roll < 0.55:
+        product, desc = "Spaces Subscription", "Spaces Subscription"
+        amount = Decimal("5.00")
+    else:
+        size = rng.choice(DROPLET_SIZES)
+        product, desc = "Droplets", f"gone-{k:04d}-{j:06d} ({size})"
+        hours = rng.randint(1, full - 1)
+        s = start + timedelta(hours=rng.randint(0, full - hours))
+        e = s + timedelta(hours=hours)
+        amount = (Decimal(rng.randint(1, 400)) * CENT).quantize(CENT)
+    row = {
+        "product": product,
+        "group_description": group,
+        "description": desc,
+        "hours": str(hours),
+        "start": _ts(s),
+        "end": _ts(e if rng.random() < 0.5 else e - timedelta(seconds=1)),
+        "USD": _usd(amount),
+        "project_name": rng.choice(["", "Default", "Platform, Core"]),
+        "category": "paas" if product in ("Managed Databases", "App Platform", "Load Balancers") else "iaas",
+    }
+    return row, amount
+
+
+def _tax_row(gst: Decimal, start: datetime, end: datetime) -> dict[str, str]:
+    return {
+        "product": "Taxes",
+        "group_description": "",
+        "description": "GST (10%)",
+        "hours": "",
+        "start": _ts(start),
+        "end": _ts(end - timedelta(seconds=1)),
+        "USD": _usd(gst),
+        "project_name": "",
+        "category": "iaas",
+    }
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]], old_format: bool) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLS_8 if old_format else COLS_9, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    path.write_bytes(buf.getvalue().encode())
+
+
+def _invoice(
+    out: Path,
+    rng: random.Random,
+    res_list: list[_Res],
+    k: int,
+    period: tuple[int, int],
+    n_lines: int,
+    new_products: int,
+    old_format: bool,
+) -> tuple[Decimal, list[dict[str, Any]]]:
+    """Write invoice `k` (its CSV: cost lines, then GST); returns its net and its billing-history entries."""
+    y, m = period
+    start = datetime(y, m, 1, tzinfo=UTC)
+    end = start + timedelta(days=calendar.monthrange(y, m)[1])
+    costs = [_cost_row(rng, res_list, k, j, start, end) for j in range(n_lines - 1)]
+    rows = [row for row, _ in costs]
+    net = sum((amount for _, amount in costs), Decimal("0"))
+    if new_products:
+        extra = _new_product_rows(net, new_products, start, end)
+        net += sum((Decimal(r["USD"].lstrip("$")) for r in extra), Decimal(0))
+        rows.extend(extra)
+    gst = (net * Decimal("0.10")).quantize(CENT, rounding=ROUND_HALF_UP)
+    rows.append(_tax_row(gst, start, end))
+    inv_uuid = _uuid(rng)
+    _write_csv(out / "invoices" / f"{inv_uuid}.csv", rows, old_format)
+    return net, _history_entries(rng, k, period, end, net + gst, inv_uuid)
+
+
+def _history_entries(
+    rng: random.Random, k: int, period: tuple[int, int], end: datetime, total: Decimal, inv_uuid: str
+) -> list[dict[str, Any]]:
+    """The invoice's billing-history entry and the payment that settled it a few days later."""
+    y, m = period
+    issued = end + timedelta(hours=8, minutes=rng.randint(0, 59), seconds=rng.randint(0, 59))
+    invoice = {
+        "description": f"Invoice for {calendar.month_name[m]} {y}",
+        "amount": f"{total}",
+        "invoice_id": str(1_000_000 + k * 1000 + rng.randint(0, 999)),
+        "invoice_uuid": inv_uuid,
+        "date": _iso(issued),
+        "type": "Invoice",
+    }
+    payment = {
+        "description": "Payment (Visa 4242)",
+        "amount": f"-{total}",
+        "date": _iso(issued + timedelta(days=rng.randint(1, 4))),
+        "type": "Payment",
+    }
+    return [invoice, payment]
+
+
+def _default_balances(rng: random.Random) -> list[dict[str, str]]:
+    """Three hourly snapshots of one day of May 2026 (what `months` 0 has always written)."""
+    usage = Decimal(rng.randint(1000, 90000)) * CENT
+    return [
+        {
+            "month_to_date_balance": f"{usage + i * Decimal('0.11')}",
+            "account_balance": "0.00",
+            "month_to_date_usage": f"{usage + i * Decimal('0.11')}",
+            "generated_at": f"2026-05-14T{7 + i:02d}:07:00Z",
+        }
+        for i in range(3)
+    ]
 
 
 def generate(
@@ -235,32 +428,10 @@ def generate(
             raise GenerateError("line_counts needs at least one invoice, each of at least one line")
         invoices, lines, big_invoices, big_lines = len(line_counts), max(line_counts), 0, 0
     bal = balances or Balances()
-    if invoices < 1 or lines < 1 or resources < 0:
-        raise GenerateError("--invoices and --lines must be >= 1, --resources >= 0")
-    if bal.months < 0 or bal.months > invoices + big_invoices:
-        raise GenerateError("--balance-months must be between 0 and --invoices")
-    if bal.step_hours < 1 or 24 % bal.step_hours or not 1 <= bal.current_days <= 31:
-        raise GenerateError("--balance-step-hours must divide 24, --current-days be 1..31")
-    if bal.spike_day is not None and not 1 <= bal.spike_day <= bal.current_days:
-        raise GenerateError("--spike-day must be a day of the current month up to --current-days")
-    if bal.new_products < 0 or bal.new_products > len(NEW_PRODUCTS):
-        raise GenerateError(f"--new-products at most {len(NEW_PRODUCTS)}")
-    if big_invoices < 0 or (big_invoices and big_lines < 1):
-        raise GenerateError("--big-invoices must be >= 0, and --big-lines >= 1 when there are big invoices")
-    if invoices + big_invoices > MAX_INVOICES:
-        raise GenerateError(f"at most {MAX_INVOICES} invoices in all (one per month, a thousand years)")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise GenerateError(f"{out} is not empty (use --force to overwrite)")
-        shutil.rmtree(out)
-    (out / "invoices").mkdir(parents=True, exist_ok=True)
+    _check(invoices, lines, resources, big_invoices, big_lines, bal)
+    _empty_folder(out, force)
     rng = random.Random(seed)
-
-    kinds = list(KIND_WEIGHTS)
-    res_list = [_resource(rng, rng.choices(kinds, weights=list(KIND_WEIGHTS.values()))[0], i) for i in range(resources)]
-    inventory: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-    for r in res_list:
-        inventory[r.kind].append(r.obj)
+    res_list, inventory = _inventory(rng, resources)
 
     history: list[dict[str, Any]] = []
     nets: dict[tuple[int, int], Decimal] = {}
@@ -269,106 +440,13 @@ def generate(
     if line_counts is not None:
         sizes = list(line_counts)
     old_cutoff = len(periods) // 4
-    for k, ((y, m), n_lines) in enumerate(zip(periods, sizes, strict=True)):
-        days = calendar.monthrange(y, m)[1]
-        start = datetime(y, m, 1, tzinfo=UTC)
-        end = start + timedelta(days=days)
-        full = days * 24
-        rows: list[dict[str, str]] = []
-        net = Decimal("0")
-        for j in range(n_lines - 1):
-            roll = rng.random()
-            hours, s, e = full, start, end
-            group = ""
-            if res_list and roll < 0.5:
-                r = res_list[rng.randrange(len(res_list))]
-                product, desc, group = r.product, r.description, r.group
-                amount = Decimal(rng.randint(100, 6000)) * CENT
-            elif roll < 0.55:
-                product, desc = "Spaces Subscription", "Spaces Subscription"
-                amount = Decimal("5.00")
-            else:
-                size = rng.choice(DROPLET_SIZES)
-                product, desc = "Droplets", f"gone-{k:04d}-{j:06d} ({size})"
-                hours = rng.randint(1, full - 1)
-                s = start + timedelta(hours=rng.randint(0, full - hours))
-                e = s + timedelta(hours=hours)
-                amount = (Decimal(rng.randint(1, 400)) * CENT).quantize(CENT)
-            net += amount
-            rows.append(
-                {
-                    "product": product,
-                    "group_description": group,
-                    "description": desc,
-                    "hours": str(hours),
-                    "start": _ts(s),
-                    "end": _ts(e if rng.random() < 0.5 else e - timedelta(seconds=1)),
-                    "USD": _usd(amount),
-                    "project_name": rng.choice(["", "Default", "Platform, Core"]),
-                    "category": "paas"
-                    if product in ("Managed Databases", "App Platform", "Load Balancers")
-                    else "iaas",
-                }
-            )
-        if bal.new_products and k == len(periods) - 1:
-            extra = _new_product_rows(net, bal.new_products, start, end)
-            net += sum((Decimal(r["USD"].lstrip("$")) for r in extra), Decimal(0))
-            rows.extend(extra)
-        nets[(y, m)] = net
-        gst = (net * Decimal("0.10")).quantize(CENT, rounding=ROUND_HALF_UP)
-        rows.append(
-            {
-                "product": "Taxes",
-                "group_description": "",
-                "description": "GST (10%)",
-                "hours": "",
-                "start": _ts(start),
-                "end": _ts(end - timedelta(seconds=1)),
-                "USD": _usd(gst),
-                "project_name": "",
-                "category": "iaas",
-            }
-        )
-        total = net + gst
-        inv_uuid = _uuid(rng)
-        buf = io.StringIO()
-        w = csv.DictWriter(
-            buf, fieldnames=COLS_8 if k < old_cutoff else COLS_9, lineterminator="\n", extrasaction="ignore"
-        )
-        w.writeheader()
-        w.writerows(rows)
-        (out / "invoices" / f"{inv_uuid}.csv").write_bytes(buf.getvalue().encode())
-        issued = end + timedelta(hours=8, minutes=rng.randint(0, 59), seconds=rng.randint(0, 59))
-        history.append(
-            {
-                "description": f"Invoice for {calendar.month_name[m]} {y}",
-                "amount": f"{total}",
-                "invoice_id": str(1_000_000 + k * 1000 + rng.randint(0, 999)),
-                "invoice_uuid": inv_uuid,
-                "date": _iso(issued),
-                "type": "Invoice",
-            }
-        )
-        history.append(
-            {
-                "description": "Payment (Visa 4242)",
-                "amount": f"-{total}",
-                "date": _iso(issued + timedelta(days=rng.randint(1, 4))),
-                "type": "Payment",
-            }
-        )
+    for k, (period, n_lines) in enumerate(zip(periods, sizes, strict=True)):
+        new_products = bal.new_products if k == len(periods) - 1 else 0  # only the last invoice has them
+        nets[period], entries = _invoice(out, rng, res_list, k, period, n_lines, new_products, k < old_cutoff)
+        history.extend(entries)
     history.sort(key=lambda h: h["date"], reverse=True)
 
-    usage = Decimal(rng.randint(1000, 90000)) * CENT
-    balance_rows = [
-        {
-            "month_to_date_balance": f"{usage + i * Decimal('0.11')}",
-            "account_balance": "0.00",
-            "month_to_date_usage": f"{usage + i * Decimal('0.11')}",
-            "generated_at": f"2026-05-14T{7 + i:02d}:07:00Z",
-        }
-        for i in range(3)
-    ]
+    balance_rows = _default_balances(rng)
     if bal.months:
         balance_rows = balance_series(nets, bal, seed)
     (out / "billing_history.json").write_text(json.dumps(history, indent=1) + "\n")

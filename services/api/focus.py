@@ -272,6 +272,22 @@ def _ts(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _pricing_quantity(line: ExportLine, category: str) -> tuple[Decimal | None, str | None]:
+    """PricingQuantity and PricingUnit: never null for usage (metered hours, else one unit of a flat charge)."""
+    if category != "Usage":
+        return None, None
+    return (Decimal(line.hours), "Hours") if line.hours is not None else (Decimal(1), "Units")
+
+
+def _resource_columns(line: ExportLine) -> tuple[str | None, str | None, str | None]:
+    """ResourceType, ResourceId (fully qualified) and ResourceName of an attributed line, else nulls."""
+    if not (line.resource_id and line.kind):
+        return None, None, None
+    resource_type = RESOURCE_TYPES.get(line.kind, (line.kind, line.kind))[0]
+    return resource_type, resource_urn(line.kind, line.resource_id), line.name or None
+
+
+# Long on purpose: one key per FOCUS column, alphabetical as the specification lists them, easiest to check whole.
 def focus_record(line: ExportLine) -> dict[str, Any]:
     """The FOCUS row of one line, typed: costs as Decimal, quantities as Decimal, periods as aware datetimes,
     absent values as None (FOCUS null handling: never an empty string or a placeholder)."""
@@ -281,16 +297,8 @@ def focus_record(line: ExportLine) -> dict[str, Any]:
     c_start, c_end = charge_period(line)
     service_category, subcategory = OTHER_SERVICE if line.is_tax else SERVICES.get(line.product, OTHER_SERVICE)
     metered = category == "Usage" and line.hours is not None
-    quantity: Decimal | None = None
-    unit: str | None = None
-    if category == "Usage":
-        # PricingQuantity must not be null for usage: metered hours, else one unit of a flat charge.
-        quantity, unit = (Decimal(line.hours), "Hours") if line.hours is not None else (Decimal(1), "Units")
-    resource_type, resource_id, resource_name = None, None, None
-    if line.resource_id and line.kind:
-        resource_id = resource_urn(line.kind, line.resource_id)
-        resource_type = RESOURCE_TYPES.get(line.kind, (line.kind, line.kind))[0]
-        resource_name = line.name or None
+    quantity, unit = _pricing_quantity(line, category)
+    resource_type, resource_id, resource_name = _resource_columns(line)
     description = line.description if not line.group_description else f"{line.group_description}: {line.description}"
     return {
         "AvailabilityZone": None,

@@ -320,21 +320,27 @@ def parse_invoice_csv(body: bytes | str, *, tax_rule: TaxRule = DEFAULT_RULE) ->
     )
 
 
-def _parse_row(fields: list[str], lay: _Layout, line_index: int, row: int, line: int, rule: TaxRule) -> ParsedLine:
-    if len(fields) != lay.width:
-        if len(fields) < lay.width:
-            missing = [n for n, p in lay.index.items() if p >= len(fields)]
-            col = missing[0] if missing else (lay.amount_header if lay.amount_index >= len(fields) else None)
-            raise CsvParseError(
-                f"row has {len(fields)} field(s), the header has {lay.width}", row=row, line=line, column=col, value=""
-            )
+def _check_width(fields: list[str], lay: _Layout, row: int, line: int) -> None:
+    """A row has exactly the header's fields: the error names the first missing column, or the first extra value."""
+    if len(fields) == lay.width:
+        return
+    if len(fields) < lay.width:
+        missing = [n for n, p in lay.index.items() if p >= len(fields)]
+        col = missing[0] if missing else (lay.amount_header if lay.amount_index >= len(fields) else None)
         raise CsvParseError(
-            f"row has {len(fields)} field(s), the header has {lay.width}",
-            row=row,
-            line=line,
-            column=f"(field {lay.width + 1}, beyond the header)",
-            value=fields[lay.width],
+            f"row has {len(fields)} field(s), the header has {lay.width}", row=row, line=line, column=col, value=""
         )
+    raise CsvParseError(
+        f"row has {len(fields)} field(s), the header has {lay.width}",
+        row=row,
+        line=line,
+        column=f"(field {lay.width + 1}, beyond the header)",
+        value=fields[lay.width],
+    )
+
+
+def _parse_row(fields: list[str], lay: _Layout, line_index: int, row: int, line: int, rule: TaxRule) -> ParsedLine:
+    _check_width(fields, lay, row, line)
 
     def get(name: str) -> str:
         pos = lay.index.get(name)

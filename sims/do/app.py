@@ -199,6 +199,17 @@ def create_app(
         logging.getLogger("uvicorn.error").addFilter(_TRUNCATION_FILTER)
     app = FastAPI(title=f"DigitalOcean simulator ({sc.name})", docs_url="/_sim/docs", openapi_url="/_sim/openapi.json")
     app.state.sim = state
+    _register_errors(app)
+    _register_simulation(app, state)
+    _register_billing(app, state)
+    _register_listings(app, state)
+    _register_faults_and_requests(app, state)
+    _register_sim_invoices(app, state)
+    return app
+
+
+def _register_errors(app: FastAPI) -> None:
+    """Errors in DigitalOcean's body shape, for unknown paths and bad query parameters too."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -207,6 +218,10 @@ def create_app(
     @app.exception_handler(_BadRequest)
     async def _bad_request(request: Request, exc: _BadRequest) -> JSONResponse:
         return do_error(400, str(exc))
+
+
+def _register_simulation(app: FastAPI, state: SimState) -> None:
+    """What happens before any API route: the token, injected faults, rate-limit headers, the request log."""
 
     @app.middleware("http")
     async def _simulate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -241,7 +256,11 @@ def create_app(
         )
         return response
 
-    # ------------------------------------------------------------------------------- billing endpoints
+
+def _register_billing(app: FastAPI, state: SimState) -> None:
+    """The billing endpoints: balance, history, invoices with their items, CSV, summary and PDF."""
+    sc = state.scenario
+
     @app.get("/v2/customers/my/balance")
     async def balance() -> dict[str, Any]:
         return state.next_balance()
@@ -291,7 +310,10 @@ def create_app(
             headers={"content-type": "application/pdf", "content-disposition": f'attachment; filename="{name}"'},
         )
 
-    # ------------------------------------------------------------------------------- resource listings
+
+def _register_listings(app: FastAPI, state: SimState) -> None:
+    """The resource listings the poller reads (the current or the past inventory)."""
+
     def _listing(key: str, paginated: bool) -> Any:
         async def listing(request: Request) -> dict[str, Any]:
             items = state.resources().get(key, [])
@@ -313,7 +335,10 @@ def create_app(
         regs = state.resources().get("registries", [])
         return JSONResponse({"registry": regs[0]}) if regs else do_error(404)
 
-    # ----------------------------------------------------------------------------------- admin (/_sim)
+
+def _register_faults_and_requests(app: FastAPI, state: SimState) -> None:
+    """`/_sim/faults` and `/_sim/requests`: set faults at runtime, see what clients asked and when."""
+
     @app.get("/_sim/faults")
     async def get_faults() -> dict[str, Any]:
         return state.faults.get().model_dump()
@@ -341,6 +366,11 @@ def create_app(
     async def clear_requests() -> dict[str, Any]:
         state.requests.clear()
         return {"requests": [], "total": 0}
+
+
+def _register_sim_invoices(app: FastAPI, state: SimState) -> None:
+    """`/_sim/invoices`, `/_sim/inventory`, `/_sim/health`: change what is served at runtime."""
+    sc = state.scenario
 
     @app.put("/_sim/invoices/{invoice_uuid}/csv")
     async def replace_csv(invoice_uuid: str, request: Request) -> Response:
@@ -385,8 +415,6 @@ def create_app(
     @app.get("/_sim/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "scenario": sc.name, "invoices": len(sc.invoices), "warnings": sc.warnings}
-
-    return app
 
 
 __all__ = ["DoFaults", "ScenarioError", "create_app", "paginate"]

@@ -19,6 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,8 +29,8 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.auth import RoleError, TokenError, require_role, verify
 from shared.events import canonical_json
-from sims.finance.store import FinanceStore, IdempotencyConflict
-from sims.finance.validation import validate_import
+from sims.finance.store import FinanceStore, IdempotencyConflict, ImportResult
+from sims.finance.validation import ImportInvoice, validate_import
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,31 @@ def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
 
 
+@dataclass(frozen=True)
+class _TokenPolicy:
+    """How the import endpoint checks a bearer token: pinned algorithm, bounded lifetime, a tenant."""
+
+    secret: str
+    algorithm: str
+    max_lifetime_s: int
+    leeway_s: int
+
+    def claims(self, request: Request) -> dict[str, Any]:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenError("missing bearer token")
+        claims = verify(token.strip(), self.secret, algorithms=[self.algorithm], leeway_s=self.leeway_s)
+        issued = claims.get("iat")
+        start = issued if isinstance(issued, int | float) else time.time()
+        if claims["exp"] - start > self.max_lifetime_s + self.leeway_s:
+            raise TokenError(f"token lifetime exceeds {self.max_lifetime_s} s")
+        tenant = claims.get("tenant_id") or claims.get("sub")
+        if not isinstance(tenant, str) or not tenant:
+            raise TokenError("token lacks a tenant (tenant_id or sub)")
+        return claims
+
+
 def create_app(
     database_url: str,
     jwt_secret: str,
@@ -170,50 +196,87 @@ def create_app(
     app.state.store = store
     app.state.faults = faults
     app.state.calls = calls
+    policy = _TokenPolicy(jwt_secret, algorithm, max_token_lifetime_s, leeway_s)
+    _register_import(app, store, faults, calls, policy)
+    _register_reads(app, store)
+    _register_sim(app, store, faults, calls)
+    return app
 
-    def _claims(request: Request) -> dict[str, Any]:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise TokenError("missing bearer token")
-        claims = verify(token.strip(), jwt_secret, algorithms=[algorithm], leeway_s=leeway_s)
-        issued = claims.get("iat")
-        start = issued if isinstance(issued, int | float) else time.time()
-        if claims["exp"] - start > max_token_lifetime_s + leeway_s:
-            raise TokenError(f"token lifetime exceeds {max_token_lifetime_s} s")
-        tenant = claims.get("tenant_id") or claims.get("sub")
-        if not isinstance(tenant, str) or not tenant:
-            raise TokenError("token lacks a tenant (tenant_id or sub)")
-        return claims
+
+async def _injected_fault(faults: _FaultState, calls: _Calls, idem: str | None) -> JSONResponse | None:
+    """The delay and the answer of an injected fault, if one is due (checked before anything else)."""
+    delay, fault = faults.decide()
+    if delay:
+        await asyncio.sleep(delay)
+    if fault == 503:
+        calls.add(503, "unavailable", None, idem)
+        resp = _error(503, "unavailable", "finance service temporarily unavailable (simulated)")
+        resp.headers["retry-after"] = "1"
+        return resp
+    if fault == 500:
+        calls.add(500, "server_error", None, idem)
+        return _error(500, "internal_error", "simulated server error")
+    if fault == 429:
+        calls.add(429, "rate_limited", None, idem)
+        resp = _error(429, "rate_limited", "too many requests (simulated)")
+        resp.headers["retry-after"] = str(faults.retry_after_s)
+        return resp
+    return None
+
+
+def _authorized(
+    policy: _TokenPolicy, request: Request, calls: _Calls, idem: str | None
+) -> tuple[dict[str, Any] | None, JSONResponse | None]:
+    """The token's claims when it may write, else the 401/403 answer."""
+    try:
+        claims = policy.claims(request)
+        require_role(claims, WRITE_ROLE)
+    except TokenError as e:
+        calls.add(401, "unauthorized", None, idem)
+        return None, _error(401, "unauthorized", str(e))
+    except RoleError as e:
+        calls.add(403, "forbidden", None, idem)
+        return None, _error(403, "forbidden", str(e))
+    return claims, None
+
+
+def _imported(result: ImportResult, inv: ImportInvoice) -> JSONResponse:
+    """The answer to an import the store took (or replayed), logged."""
+    log.info(
+        "import %s %s/%s -> %s%s",
+        result.action,
+        inv.source,
+        inv.external_id,
+        result.invoice_id,
+        " (replayed: same Idempotency-Key and body)" if result.replayed else "",
+    )
+    resp = JSONResponse(
+        {
+            "action": result.action,
+            "invoice_id": result.invoice_id,
+            "vendor_id": result.vendor_id,
+            "external_id": inv.external_id,
+        }
+    )
+    if result.replayed:
+        resp.headers["idempotent-replayed"] = "true"
+    return resp
+
+
+def _register_import(
+    app: FastAPI, store: FinanceStore, faults: _FaultState, calls: _Calls, policy: _TokenPolicy
+) -> None:
+    """The import endpoint: faults, then the token and role, then the body, then idempotency and the upsert."""
 
     @app.post(IMPORT_PATH)
     async def import_invoice(request: Request) -> JSONResponse:
         idem = request.headers.get("idempotency-key")
-        delay, fault = faults.decide()
-        if delay:
-            await asyncio.sleep(delay)
-        if fault == 503:
-            calls.add(503, "unavailable", None, idem)
-            resp = _error(503, "unavailable", "finance service temporarily unavailable (simulated)")
-            resp.headers["retry-after"] = "1"
-            return resp
-        if fault == 500:
-            calls.add(500, "server_error", None, idem)
-            return _error(500, "internal_error", "simulated server error")
-        if fault == 429:
-            calls.add(429, "rate_limited", None, idem)
-            resp = _error(429, "rate_limited", "too many requests (simulated)")
-            resp.headers["retry-after"] = str(faults.retry_after_s)
-            return resp
-        try:
-            claims = _claims(request)
-            require_role(claims, WRITE_ROLE)
-        except TokenError as e:
-            calls.add(401, "unauthorized", None, idem)
-            return _error(401, "unauthorized", str(e))
-        except RoleError as e:
-            calls.add(403, "forbidden", None, idem)
-            return _error(403, "forbidden", str(e))
+        if (fault := await _injected_fault(faults, calls, idem)) is not None:
+            return fault
+        claims, refused = _authorized(policy, request, calls, idem)
+        if claims is None:
+            assert refused is not None
+            return refused
         try:
             body = await request.json()
         except ValueError:
@@ -232,25 +295,11 @@ def create_app(
             log.warning("import %s/%s refused: %s", inv.source, inv.external_id, e)
             return _error(422, "idempotency_key_reused", str(e))
         calls.add(200, "replayed" if result.replayed else result.action, inv.external_id, idem)
-        log.info(
-            "import %s %s/%s -> %s%s",
-            result.action,
-            inv.source,
-            inv.external_id,
-            result.invoice_id,
-            " (replayed: same Idempotency-Key and body)" if result.replayed else "",
-        )
-        resp = JSONResponse(
-            {
-                "action": result.action,
-                "invoice_id": result.invoice_id,
-                "vendor_id": result.vendor_id,
-                "external_id": inv.external_id,
-            }
-        )
-        if result.replayed:
-            resp.headers["idempotent-replayed"] = "true"
-        return resp
+        return _imported(result, inv)
+
+
+def _register_reads(app: FastAPI, store: FinanceStore) -> None:
+    """What the finance service holds, for tests and the demo: invoices, vendors, health."""
 
     @app.get("/api/v1/invoices")
     async def list_invoices(
@@ -268,6 +317,10 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+
+def _register_sim(app: FastAPI, store: FinanceStore, faults: _FaultState, calls: _Calls) -> None:
+    """The test hooks: `/_sim/faults` to inject faults, `/_sim/calls` to see every import call."""
 
     @app.get("/_sim/faults")
     async def get_faults() -> dict[str, Any]:
@@ -300,5 +353,3 @@ def create_app(
     async def clear_calls() -> dict[str, Any]:
         calls.clear()
         return calls.snapshot()
-
-    return app

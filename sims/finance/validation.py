@@ -81,6 +81,44 @@ def _int(body: dict[str, Any], name: str, errs: _Errors, *, minimum: int | None 
     return value
 
 
+def _period(body: dict[str, Any], errs: _Errors) -> tuple[date | None, date | None]:
+    """`billing_period`: an object whose end is not before its start."""
+    period = body.get("billing_period")
+    if "billing_period" not in body:
+        errs.add("billing_period", "is required")
+        return None, None
+    if not isinstance(period, dict):
+        errs.add("billing_period", "must be an object with start and end")
+        return None, None
+    start = _date(period, "start", errs, prefix="billing_period.")
+    end = _date(period, "end", errs, prefix="billing_period.")
+    if start and end and end < start:
+        errs.add("billing_period.end", "must not be before billing_period.start")
+    return start, end
+
+
+def _vendor(body: dict[str, Any], errs: _Errors) -> tuple[str | None, str | None]:
+    """`vendor`: an object with a name and a category."""
+    vendor = body.get("vendor")
+    if "vendor" not in body:
+        errs.add("vendor", "is required")
+        return None, None
+    if not isinstance(vendor, dict):
+        errs.add("vendor", "must be an object with name and category")
+        return None, None
+    return _str(vendor, "name", errs, prefix="vendor."), _str(vendor, "category", errs, prefix="vendor.")
+
+
+def _amounts(body: dict[str, Any], errs: _Errors) -> tuple[int | None, int | None, int | None]:
+    """Net, tax and gross in minor units, the gross being exactly net + tax."""
+    net = _int(body, "amount_net_minor", errs)
+    tax = _int(body, "amount_tax_minor", errs)
+    gross = _int(body, "amount_gross_minor", errs)
+    if net is not None and tax is not None and gross is not None and net + tax != gross:
+        errs.add("amount_gross_minor", f"must equal amount_net_minor + amount_tax_minor ({net + tax}), got {gross}")
+    return net, tax, gross
+
+
 def validate_import(body: Any, token_tenant: str | None) -> tuple[ImportInvoice | None, list[dict[str, str]]]:
     """The parsed invoice, or None and every field error found."""
     errs = _Errors()
@@ -98,34 +136,12 @@ def validate_import(body: Any, token_tenant: str | None) -> tuple[ImportInvoice 
         errs.add("external_id", "must be at most 200 characters")
     invoice_number = _str(body, "invoice_number", errs, nullable=True)
     invoice_date = _date(body, "invoice_date", errs)
-    start = end = None
-    period = body.get("billing_period")
-    if "billing_period" not in body:
-        errs.add("billing_period", "is required")
-    elif not isinstance(period, dict):
-        errs.add("billing_period", "must be an object with start and end")
-    else:
-        start = _date(period, "start", errs, prefix="billing_period.")
-        end = _date(period, "end", errs, prefix="billing_period.")
-        if start and end and end < start:
-            errs.add("billing_period.end", "must not be before billing_period.start")
+    start, end = _period(body, errs)
     currency = _str(body, "currency", errs)
     if currency is not None and not _CURRENCY_RE.match(currency):
         errs.add("currency", "must be an ISO 4217 code such as USD")
-    vendor = body.get("vendor")
-    vendor_name = vendor_category = None
-    if "vendor" not in body:
-        errs.add("vendor", "is required")
-    elif not isinstance(vendor, dict):
-        errs.add("vendor", "must be an object with name and category")
-    else:
-        vendor_name = _str(vendor, "name", errs, prefix="vendor.")
-        vendor_category = _str(vendor, "category", errs, prefix="vendor.")
-    net = _int(body, "amount_net_minor", errs)
-    tax = _int(body, "amount_tax_minor", errs)
-    gross = _int(body, "amount_gross_minor", errs)
-    if net is not None and tax is not None and gross is not None and net + tax != gross:
-        errs.add("amount_gross_minor", f"must equal amount_net_minor + amount_tax_minor ({net + tax}), got {gross}")
+    vendor_name, vendor_category = _vendor(body, errs)
+    net, tax, gross = _amounts(body, errs)
     lines_count = _int(body, "lines_count", errs, minimum=0)
     if errs.items:
         return None, errs.items

@@ -17,6 +17,7 @@ import json
 import random
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -148,6 +149,38 @@ SPACES_TOTAL = Decimal("6.30")
 NET_TOTAL = Decimal("79.02")
 
 
+def _historic_lines() -> list[Line]:
+    """April's lines of droplets gone by mid-May; the last one's hours close the invoice's net total exactly."""
+    historic: list[Line] = []
+    for name, size, (day, h, m, s), hours, group in HISTORIC_DROPLETS:
+        start = datetime(2026, 4, day, h, m, s, tzinfo=UTC)
+        why = (
+            f"worker node of Kubernetes cluster `{group}`, deleted (no such cluster in the inventory)"
+            if group
+            else f"droplet `{name}` no longer exists (destroyed before the inventory was taken)"
+        )
+        amount = (HOURLY[size] * hours).quantize(CENT, rounding=ROUND_HALF_UP)
+        historic.append(
+            Line(
+                "Droplets",
+                f"{name} ({size})",
+                amount,
+                start,
+                start + timedelta(hours=hours),
+                hours,
+                group_description=group,
+                why=why,
+            )
+        )
+    rest = NET_TOTAL - MATCHED_TOTAL - SPACES_TOTAL - sum(x.amount for x in historic[:-1])
+    last = historic[-1]
+    hours = int((rest / HOURLY[HISTORIC_DROPLETS[-1][1]]).to_integral_value(rounding=ROUND_HALF_UP))
+    assert rest > 0 and hours > 0, rest
+    last.amount, last.hours, last.end = rest, hours, last.start + timedelta(hours=hours)
+    return historic
+
+
+# Long on purpose: the April invoice's matched and Spaces lines are a literal table, one Line (and its why) each.
 def april_lines() -> list[Line]:
     full = 720
     matched = [
@@ -238,33 +271,7 @@ def april_lines() -> list[Line]:
         ),
     ]
     assert sum(x.amount for x in spaces) == SPACES_TOTAL
-    historic: list[Line] = []
-    for name, size, (day, h, m, s), hours, group in HISTORIC_DROPLETS:
-        start = datetime(2026, 4, day, h, m, s, tzinfo=UTC)
-        why = (
-            f"worker node of Kubernetes cluster `{group}`, deleted (no such cluster in the inventory)"
-            if group
-            else f"droplet `{name}` no longer exists (destroyed before the inventory was taken)"
-        )
-        amount = (HOURLY[size] * hours).quantize(CENT, rounding=ROUND_HALF_UP)
-        historic.append(
-            Line(
-                "Droplets",
-                f"{name} ({size})",
-                amount,
-                start,
-                start + timedelta(hours=hours),
-                hours,
-                group_description=group,
-                why=why,
-            )
-        )
-    # The last historic droplet closes the net total exactly.
-    rest = NET_TOTAL - MATCHED_TOTAL - SPACES_TOTAL - sum(x.amount for x in historic[:-1])
-    last = historic[-1]
-    hours = int((rest / HOURLY[HISTORIC_DROPLETS[-1][1]]).to_integral_value(rounding=ROUND_HALF_UP))
-    assert rest > 0 and hours > 0, rest
-    last.amount, last.hours, last.end = rest, hours, last.start + timedelta(hours=hours)
+    historic = _historic_lines()
     # Interleave as DigitalOcean does (grouped by product, then by name).
     lines = matched[:3] + sorted(historic, key=lambda x: x.description.lower()) + matched[3:] + spaces
     net = sum((x.amount for x in lines), Decimal(0))
@@ -275,46 +282,49 @@ def april_lines() -> list[Line]:
     return lines
 
 
+def _droplet(did: int, name: str, size: str, created: str, vcpus: int, mem: int, disk: int) -> dict[str, Any]:
+    """A droplet of the Sydney production account, in the API's object shape."""
+    return {
+        "id": did,
+        "name": name,
+        "memory": mem,
+        "vcpus": vcpus,
+        "disk": disk,
+        "locked": False,
+        "status": "active",
+        "kernel": None,
+        "created_at": created,
+        "features": ["monitoring", "ipv6"],
+        "backup_ids": [],
+        "next_backup_window": None,
+        "snapshot_ids": [],
+        "image": {
+            "id": 163_511_021,
+            "name": "24.04 (LTS) x64",
+            "distribution": "Ubuntu",
+            "slug": "ubuntu-24-04-x64",
+        },
+        "volume_ids": [],
+        "size": {"slug": size, "memory": mem, "vcpus": vcpus, "disk": disk, "transfer": 1.0},
+        "size_slug": size,
+        "networks": {"v4": [], "v6": []},
+        "region": {"name": "Sydney 1", "slug": "syd1", "available": True},
+        "tags": ["prod"],
+        "vpc_uuid": "5a4b8a0e-7c9e-4bde-9d3b-3f3b0b9c1e01",
+    }
+
+
+# Long on purpose: the inventory is one literal, shaped as DigitalOcean's listings answer, easiest to read whole.
 def april_resources() -> dict[str, list[dict[str, Any]]]:
     """Current inventory (taken mid-May 2026): what ran all April and survived, plus a few newer things."""
 
-    def droplet(did: int, name: str, size: str, created: str, vcpus: int, mem: int, disk: int) -> dict[str, Any]:
-        return {
-            "id": did,
-            "name": name,
-            "memory": mem,
-            "vcpus": vcpus,
-            "disk": disk,
-            "locked": False,
-            "status": "active",
-            "kernel": None,
-            "created_at": created,
-            "features": ["monitoring", "ipv6"],
-            "backup_ids": [],
-            "next_backup_window": None,
-            "snapshot_ids": [],
-            "image": {
-                "id": 163_511_021,
-                "name": "24.04 (LTS) x64",
-                "distribution": "Ubuntu",
-                "slug": "ubuntu-24-04-x64",
-            },
-            "volume_ids": [],
-            "size": {"slug": size, "memory": mem, "vcpus": vcpus, "disk": disk, "transfer": 1.0},
-            "size_slug": size,
-            "networks": {"v4": [], "v6": []},
-            "region": {"name": "Sydney 1", "slug": "syd1", "available": True},
-            "tags": ["prod"],
-            "vpc_uuid": "5a4b8a0e-7c9e-4bde-9d3b-3f3b0b9c1e01",
-        }
-
     return {
         "droplets": [
-            droplet(401_112_201, "web-01", "s-1vcpu-1gb", "2024-02-11T03:12:44Z", 1, 1024, 25),
-            droplet(401_112_202, "api-01", "s-1vcpu-2gb", "2024-02-11T03:15:09Z", 1, 2048, 50),
-            droplet(455_870_113, "worker-01", "s-1vcpu-1gb", "2025-09-30T22:41:17Z", 1, 1024, 25),
+            _droplet(401_112_201, "web-01", "s-1vcpu-1gb", "2024-02-11T03:12:44Z", 1, 1024, 25),
+            _droplet(401_112_202, "api-01", "s-1vcpu-2gb", "2024-02-11T03:15:09Z", 1, 2048, 50),
+            _droplet(455_870_113, "worker-01", "s-1vcpu-1gb", "2025-09-30T22:41:17Z", 1, 1024, 25),
             # Created after April: not on the April invoice, so it matches nothing there.
-            droplet(498_003_517, "web-02", "s-1vcpu-1gb", "2026-05-06T09:20:00Z", 1, 1024, 25),
+            _droplet(498_003_517, "web-02", "s-1vcpu-1gb", "2026-05-06T09:20:00Z", 1, 1024, 25),
         ],
         "volumes": [
             {
@@ -511,6 +521,68 @@ def periods() -> list[tuple[int, int]]:
     return out
 
 
+def _platform_lines(
+    era: tuple[int, int], start: datetime, full: int, proj: str, period_end: Callable[[], datetime]
+) -> list[Line]:
+    """A past month's lines of the services the account took up over the years: Spaces, a load balancer, a
+    database, a Kubernetes cluster for a while (`period_end` draws each line's end from the month's rng)."""
+    out: list[Line] = []
+    if era >= (2017, 10):
+        out.append(
+            Line(
+                "Spaces Subscription",
+                "Spaces Subscription",
+                Decimal("5.00"),
+                start,
+                period_end(),
+                full,
+                category="paas",
+            )
+        )
+    if era >= (2018, 6):
+        out.append(
+            Line(
+                "Load Balancers",
+                "lb-prod" if era < (2021, 1) else "lb-prod (lb-small)",
+                Decimal("10.00") if era < (2022, 7) else Decimal("12.00"),
+                start,
+                period_end(),
+                full,
+                project_name=proj,
+                category="paas",
+            )
+        )
+    if era >= (2019, 3):
+        product = "Databases" if era < (2020, 6) else "Managed Databases"
+        out.append(
+            Line(
+                product,
+                "db-postgresql-syd1-11111 (db-s-1vcpu-1gb)",
+                Decimal("15.00"),
+                start,
+                period_end(),
+                full,
+                project_name=proj,
+                category="paas",
+            )
+        )
+    if era >= (2021, 5) and era < (2023, 9):
+        for pool in ("a1b2c", "a1b2d"):
+            out.append(
+                Line(
+                    "Droplets",
+                    f"k8s-prod-pool-{pool} (s-2vcpu-4gb)",
+                    Decimal("24.00"),
+                    start,
+                    period_end(),
+                    full,
+                    group_description="k8s-prod",
+                    project_name=proj,
+                )
+            )
+    return out
+
+
 def old_lines(rng: random.Random, y: int, m: int) -> list[Line]:
     days = calendar.monthrange(y, m)[1]
     start = datetime(y, m, 1, tzinfo=UTC)
@@ -553,59 +625,7 @@ def old_lines(rng: random.Random, y: int, m: int) -> list[Line]:
         product = "Floating IPs" if era < (2022, 6) else "Reserved IPs"
         kind = "Floating" if era < (2022, 6) else "Reserved"
         lines.append(Line(product, f"Unused {kind} IP - {ip}", amount, s, e, hours))
-    if era >= (2017, 10):
-        lines.append(
-            Line(
-                "Spaces Subscription",
-                "Spaces Subscription",
-                Decimal("5.00"),
-                start,
-                period_end(),
-                full,
-                category="paas",
-            )
-        )
-    if era >= (2018, 6):
-        lines.append(
-            Line(
-                "Load Balancers",
-                "lb-prod" if era < (2021, 1) else "lb-prod (lb-small)",
-                Decimal("10.00") if era < (2022, 7) else Decimal("12.00"),
-                start,
-                period_end(),
-                full,
-                project_name=proj,
-                category="paas",
-            )
-        )
-    if era >= (2019, 3):
-        product = "Databases" if era < (2020, 6) else "Managed Databases"
-        lines.append(
-            Line(
-                product,
-                "db-postgresql-syd1-11111 (db-s-1vcpu-1gb)",
-                Decimal("15.00"),
-                start,
-                period_end(),
-                full,
-                project_name=proj,
-                category="paas",
-            )
-        )
-    if era >= (2021, 5) and era < (2023, 9):
-        for pool in ("a1b2c", "a1b2d"):
-            lines.append(
-                Line(
-                    "Droplets",
-                    f"k8s-prod-pool-{pool} (s-2vcpu-4gb)",
-                    Decimal("24.00"),
-                    start,
-                    period_end(),
-                    full,
-                    group_description="k8s-prod",
-                    project_name=proj,
-                )
-            )
+    lines += _platform_lines(era, start, full, proj, period_end)
     if (y, m) == (2021, 9):
         lines.append(Line("Credits", "Service credit - SYD1 network incident", Decimal("-2.00"), start, end_59, None))
     if not cat:
@@ -630,6 +650,60 @@ def iso(d: datetime) -> str:
     return d.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# The account's entries besides invoices and payments: a promo code, credits, an adjustment, an expiry.
+OTHER_HISTORY: list[dict[str, str]] = [
+    {"description": "Promo code: SSDCLOUD10", "amount": "-10.00", "date": "2014-11-02T04:11:09Z", "type": "Credit"},
+    {
+        "description": "Service credit - SYD1 incident",
+        "amount": "-5.00",
+        "date": "2019-03-11T02:30:00Z",
+        "type": "Credit",
+    },
+    {
+        "description": "Billing adjustment - duplicate snapshot charge",
+        "amount": "-1.25",
+        "date": "2021-08-02T06:15:00Z",
+        "type": "Adjustment",
+    },
+    {"description": "Credit expired", "amount": "0.00", "date": "2015-11-02T00:00:00Z", "type": "CreditExpiration"},
+]
+
+
+def _history_entries(
+    rng: random.Random, period: tuple[int, int], total: Decimal, inv_id: str, inv_uuid: str
+) -> list[dict[str, Any]]:
+    """A month's invoice in the billing history, issued the next month's first morning, and its payment."""
+    y, m = period
+    issued = datetime(y + (m == 12), m % 12 + 1, 1, 8, rng.randint(0, 59), rng.randint(0, 59), tzinfo=UTC)
+    month_name = calendar.month_name[m]
+    invoice = {
+        "description": f"Invoice for {month_name} {y}",
+        "amount": f"{total}",
+        "invoice_id": inv_id,
+        "invoice_uuid": inv_uuid,
+        "date": iso(issued),
+        "type": "Invoice",
+    }
+    paid = issued + timedelta(days=rng.randint(1, 3), hours=rng.randint(0, 6))
+    card = "Visa 4242" if y < 2021 else "MC 5454"
+    payment = {"description": f"Payment ({card})", "amount": f"-{total}", "date": iso(paid), "type": "Payment"}
+    return [invoice, payment]
+
+
+def balances() -> list[dict[str, str]]:
+    """Four hourly balance snapshots of mid-May 2026."""
+    usage = [Decimal("38.41"), Decimal("38.52"), Decimal("38.64"), Decimal("38.75")]
+    return [
+        {
+            "month_to_date_balance": f"{u}",
+            "account_balance": "0.00",
+            "month_to_date_usage": f"{u}",
+            "generated_at": f"2026-05-14T{7 + i:02d}:07:00Z",
+        }
+        for i, u in enumerate(usage)
+    ]
+
+
 def build(out: Path = OUT) -> None:
     rng = random.Random(20260501)
     if out.exists():
@@ -649,52 +723,11 @@ def build(out: Path = OUT) -> None:
         if inv_uuid == APRIL_2026_INVOICE_UUID:
             (out / "invoices" / f"{inv_uuid}.json").write_text(json.dumps(april_items(lines), indent=1) + "\n")
         total = sum((x.amount for x in lines), Decimal(0)).quantize(CENT)
-        issued = datetime(y + (m == 12), m % 12 + 1, 1, 8, rng.randint(0, 59), rng.randint(0, 59), tzinfo=UTC)
-        month_name = calendar.month_name[m]
-        history.append(
-            {
-                "description": f"Invoice for {month_name} {y}",
-                "amount": f"{total}",
-                "invoice_id": inv_id,
-                "invoice_uuid": inv_uuid,
-                "date": iso(issued),
-                "type": "Invoice",
-            }
-        )
-        paid = issued + timedelta(days=rng.randint(1, 3), hours=rng.randint(0, 6))
-        card = "Visa 4242" if y < 2021 else "MC 5454"
-        history.append(
-            {"description": f"Payment ({card})", "amount": f"-{total}", "date": iso(paid), "type": "Payment"}
-        )
-    history += [
-        {"description": "Promo code: SSDCLOUD10", "amount": "-10.00", "date": "2014-11-02T04:11:09Z", "type": "Credit"},
-        {
-            "description": "Service credit - SYD1 incident",
-            "amount": "-5.00",
-            "date": "2019-03-11T02:30:00Z",
-            "type": "Credit",
-        },
-        {
-            "description": "Billing adjustment - duplicate snapshot charge",
-            "amount": "-1.25",
-            "date": "2021-08-02T06:15:00Z",
-            "type": "Adjustment",
-        },
-        {"description": "Credit expired", "amount": "0.00", "date": "2015-11-02T00:00:00Z", "type": "CreditExpiration"},
-    ]
+        history += _history_entries(rng, (y, m), total, inv_id, inv_uuid)
+    history += OTHER_HISTORY
     history.sort(key=lambda e: e["date"], reverse=True)  # newest first, as the API lists it
     (out / "billing_history.json").write_text(json.dumps(history, indent=1) + "\n")
-    usage = [Decimal("38.41"), Decimal("38.52"), Decimal("38.64"), Decimal("38.75")]
-    balance = [
-        {
-            "month_to_date_balance": f"{u}",
-            "account_balance": "0.00",
-            "month_to_date_usage": f"{u}",
-            "generated_at": f"2026-05-14T{7 + i:02d}:07:00Z",
-        }
-        for i, u in enumerate(usage)
-    ]
-    (out / "balance.json").write_text(json.dumps(balance, indent=1) + "\n")
+    (out / "balance.json").write_text(json.dumps(balances(), indent=1) + "\n")
     (out / "resources.json").write_text(json.dumps(april_resources(), indent=1) + "\n")
     (out / "resources_past.json").write_text(json.dumps(april_resources_past(), indent=1) + "\n")
     (out / "README.md").write_text(readme(april_lines()))
