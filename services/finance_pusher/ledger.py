@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from services.finance_pusher.payload import PushedState
+from services.finance_pusher.domain import PushedState
 from shared.db import DictPool
 
 _PUSH_COLUMNS = (

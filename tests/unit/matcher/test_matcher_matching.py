@@ -1,4 +1,4 @@
-"""Matching cost lines to the inventory view, and the handlers' decode/dead-letter decisions."""
+"""Matching cost lines to the inventory view, and the handler's decode/dead-letter decisions."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from services.matcher import handlers
-from services.matcher.assembly import Completed, LineFact, Waiting, waiting_from_json
-from services.matcher.matching import InventoryEntry, InventoryIndex, match_line
+from services.matcher import handler
+from services.matcher.domain.assembly import Completed, LineFact, Waiting, waiting_from_json
+from services.matcher.domain.matching import InventoryEntry, InventoryIndex, match_line
 from shared.events import EventDecodeError, Reconciliation, Resource, decode, encode
 from shared.kafka.records import Record
 from tests.factories import cost_line, invoice_end, record
@@ -199,12 +199,12 @@ def test_entry_round_trips_through_the_table_value() -> None:
     )
 
 
-# ------------------------------------------------------------------------------------------- handlers
+# ------------------------------------------------------------------------------------------- handler
 def test_resource_records_and_tombstones() -> None:
     r = Resource(kind="droplet", resource_id="1", name="web-01")
-    ch = handlers.resource_change(record(encode(r, "acc"), key="acc:droplet:1"))
+    ch = handler.resource_change(record(encode(r, "acc"), key="acc:droplet:1"))
     assert ch.entry == InventoryEntry("acc:droplet:1", "acc", "droplet", "1", "web-01")
-    gone = handlers.resource_change(record(None, key="acc:droplet:1"))
+    gone = handler.resource_change(record(None, key="acc:droplet:1"))
     assert gone.resource_key == "acc:droplet:1" and gone.entry is None
 
 
@@ -222,11 +222,11 @@ def test_resource_records_and_tombstones() -> None:
 )
 def test_bad_resource_records_raise_for_the_dead_letter_queue(value: bytes, key: str | None) -> None:
     with pytest.raises(EventDecodeError):
-        handlers.resource_change(record(value, key=key))
+        handler.resource_change(record(value, key=key))
 
 
 class _Tables:
-    """handlers.AssemblyTables over dicts, with a Step's table changes applied in the app's order."""
+    """handler.AssemblyTables over dicts, with a Step's table changes applied in the app's order."""
 
     def __init__(self) -> None:
         self.facts: dict[str, list[int]] = {}
@@ -243,7 +243,7 @@ class _Tables:
     def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
         return waiting_from_json(self.waits.get(invoice_uuid))
 
-    def apply(self, step: handlers.Step) -> None:
+    def apply(self, step: handler.Step) -> None:
         self.facts.update(step.facts)
         if step.completed is not None:
             self.done[step.completed[0]] = step.completed[1]
@@ -251,8 +251,8 @@ class _Tables:
             self.facts.pop(key, None)
 
 
-def _step(rec: Record, index: InventoryIndex, tables: _Tables) -> handlers.Step:
-    step = handlers.cost_line_record(rec, index, tables, matched_topic="m", completed_topic="c")
+def _step(rec: Record, index: InventoryIndex, tables: _Tables) -> handler.Step:
+    step = handler.cost_line_record(rec, index, tables, matched_topic="m", completed_topic="c")
     tables.apply(step)
     return step
 
@@ -295,7 +295,7 @@ def test_cost_line_records_enrich_then_complete(inventory: InventoryIndex) -> No
 )
 def test_bad_cost_line_records_raise_for_the_dead_letter_queue(inventory: InventoryIndex, value: bytes | None) -> None:
     with pytest.raises(EventDecodeError):
-        handlers.cost_line_record(record(value), inventory, _Tables(), matched_topic="m", completed_topic="c")
+        handler.cost_line_record(record(value), inventory, _Tables(), matched_topic="m", completed_topic="c")
 
 
 def test_records_processed_again_after_a_crash_give_byte_identical_outputs(inventory: InventoryIndex) -> None:
