@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 
 from services.matcher import handler
-from services.matcher.domain.assembly import Completed, LineFact, Waiting, waiting_from_json
 from services.matcher.domain.matching import InventoryEntry, InventoryIndex, match_line
 from shared.events import EventDecodeError, Reconciliation, Resource, decode, encode
 from shared.kafka.records import Record
+from tests.assembly_reader import DictTables
 from tests.factories import cost_line, invoice_end, record
 
 ACC = "default"
@@ -225,33 +223,7 @@ def test_bad_resource_records_raise_for_the_dead_letter_queue(value: bytes, key:
         handler.resource_change(record(value, key=key))
 
 
-class _Tables:
-    """handler.AssemblyTables over dicts, with a Step's table changes applied in the app's order."""
-
-    def __init__(self) -> None:
-        self.facts: dict[str, list[int]] = {}
-        self.done: dict[str, dict] = {}
-        self.waits: dict[str, dict] = {}
-
-    def completed(self, revision_key: str) -> Completed | None:
-        return Completed.from_json(self.done.get(revision_key))
-
-    def fact(self, fact_key: str) -> LineFact | None:
-        v = self.facts.get(fact_key)
-        return None if v is None else LineFact.from_json(v)
-
-    def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
-        return waiting_from_json(self.waits.get(invoice_uuid))
-
-    def apply(self, step: handler.Step) -> None:
-        self.facts.update(step.facts)
-        if step.completed is not None:
-            self.done[step.completed[0]] = step.completed[1]
-        for key in step.delete_facts:
-            self.facts.pop(key, None)
-
-
-def _step(rec: Record, index: InventoryIndex, tables: _Tables) -> handler.Step:
+def _step(rec: Record, index: InventoryIndex, tables: DictTables) -> handler.Step:
     step = handler.cost_line_record(rec, index, tables, matched_topic="m", completed_topic="c")
     tables.apply(step)
     return step
@@ -271,7 +243,7 @@ END_OF_TWO_LINES = invoice_end(
 
 
 def test_cost_line_records_enrich_then_complete(inventory: InventoryIndex) -> None:
-    tables = _Tables()
+    tables = DictTables()
     lines = [
         cost_line(0, product="Droplets", description="web-01 (s)", invoice_uuid="inv"),
         cost_line(1, product="Taxes", description="GST (10%)", invoice_uuid="inv", is_tax=True),
@@ -295,7 +267,7 @@ def test_cost_line_records_enrich_then_complete(inventory: InventoryIndex) -> No
 )
 def test_bad_cost_line_records_raise_for_the_dead_letter_queue(inventory: InventoryIndex, value: bytes | None) -> None:
     with pytest.raises(EventDecodeError):
-        handler.cost_line_record(record(value), inventory, _Tables(), matched_topic="m", completed_topic="c")
+        handler.cost_line_record(record(value), inventory, DictTables(), matched_topic="m", completed_topic="c")
 
 
 def test_records_processed_again_after_a_crash_give_byte_identical_outputs(inventory: InventoryIndex) -> None:
@@ -308,7 +280,7 @@ def test_records_processed_again_after_a_crash_give_byte_identical_outputs(inven
     records = [record(encode(ev, ACC), key="inv", offset=i) for i, ev in enumerate([*lines, end])]
 
     def run() -> list[bytes]:
-        tables = _Tables()
+        tables = DictTables()
         return [o.value for r in records for o in _step(r, inventory, tables).outs]
 
     first = run()
