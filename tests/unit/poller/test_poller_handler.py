@@ -1,4 +1,5 @@
-"""Handlers and the Poller's orchestration with a MockTransport client, a fake store and a fake producer."""
+"""The handler (one poll tick per job) and the Poller's orchestration with a MockTransport client, a fake store and a
+fake producer."""
 
 from __future__ import annotations
 
