@@ -260,7 +260,7 @@ class CostLineMatched(EventData):
         | None
     ) = None
     attributed_by: AttributedBy | None = Field(
-        None, description="Which attribution rule found the resource (services/matcher/matching.py)."
+        None, description="Which attribution rule found the resource (services/matcher/domain/matching.py)."
     )
     still_exists: bool | None = Field(
         None, description="The resource is in the current inventory (when matched); None: kind not inventoried."

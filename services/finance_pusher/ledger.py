@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from services.finance_pusher.payload import PushedState
+from services.finance_pusher.domain import PushedState
 from shared.db import DictPool
 
 _PUSH_COLUMNS = (
@@ -61,7 +61,7 @@ class Ledger:
         self._pool = pool
 
     def sender_id(self) -> str:
-        """This ledger's identity, part of every Idempotency-Key (see payload.idempotency_key)."""
+        """This ledger's identity, part of every Idempotency-Key (see domain.idempotency_key)."""
         with self._pool.connection() as conn:
             row = conn.execute("SELECT id FROM finance_pusher.sender").fetchone()
         if row is None:  # pragma: no cover - the migration inserts it

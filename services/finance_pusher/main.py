@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from services.finance_pusher.finance_client import FinanceClient
-from services.finance_pusher.handlers import SERVICE, PushHandler
+from services.finance_pusher.handler import SERVICE, PushHandler
 from services.finance_pusher.ledger import Ledger
 from shared.db import make_pool, migrate
 from shared.events import InvoicePushed

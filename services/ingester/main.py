@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from services.ingester.handlers import SERVICE, IngestHandler
+from services.ingester.handler import SERVICE, IngestHandler
 from services.ingester.ledger import Ledger
 from services.ingester.refetch import RefetchClock
 from shared import metrics

@@ -38,9 +38,9 @@ from typing import Any
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it, but not explicitly
 from prometheus_client import Gauge
 
-from services.matcher import assembly, faust_patches, handlers
-from services.matcher.assembly import Completed, LineFact, Waiting
-from services.matcher.matching import InventoryEntry, InventoryIndex
+from services.matcher import faust_patches
+from services.matcher import handler as handlers
+from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, LineFact, Waiting, assembly
 from services.matcher.options import (
     COMPLETED_TABLE,
     FACTS_TABLE,

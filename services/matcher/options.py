@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.matcher import assembly
+from services.matcher.domain import assembly
 from shared.kafka.admin import latest_values
 from shared.settings import Settings
 from shared.topics import group_id

@@ -25,7 +25,7 @@ from shared.logging import scrub
 from shared.metrics import EVENTS_PRODUCED, LAST_SUCCESS
 from shared.settings import DigitalOceanAccount, Settings
 
-from . import handlers
+from . import handler
 from .domain import JOBS
 from .store import PollStore
 
@@ -158,11 +158,11 @@ class Poller:
         try:
             with self.client_factory(account) as client:
                 if job == "balance":
-                    output = handlers.poll_balance(client, name, prefix, currency)
+                    output = handler.poll_balance(client, name, prefix, currency)
                 elif job == "history":
-                    output = handlers.poll_history(client, name, prefix, currency)
+                    output = handler.poll_history(client, name, prefix, currency)
                 else:
-                    output = handlers.poll_resources(client, name, prefix, self.store.known_inventory(name))
+                    output = handler.poll_resources(client, name, prefix, self.store.known_inventory(name))
             self.producer.produce_many(output.outs)
             self.producer.flush()
             if job == "resources":

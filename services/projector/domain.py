@@ -46,9 +46,11 @@ from shared.topics import (
 
 # ------------------------------------------------------------------------------------------------ statuses
 # An invoice's status is the highest (revision, rank) seen, so replays and out-of-order topics never move it
-# backwards, while a genuinely new revision starts again at "ingested". A completed revision whose
-# reconciliation does not prove it complete is "held" (the money gates): same rank as "completed", told apart
-# by the invoice's `held` flag, so a release or a newer revision moves it on exactly like a completion.
+# backwards, while a genuinely new revision starts again at "ingested". The order is defined here and applied
+# in one place, the store's SQL (services/projector/store.py, `_STATUS_SET`), inside the batch's transaction.
+# A completed revision whose reconciliation does not prove it complete is "held" (the money gates): same rank
+# as "completed", told apart by the invoice's `held` flag, so a release or a newer revision moves it on
+# exactly like a completion.
 STATUSES: tuple[str, ...] = ("discovered", "ingested", "matched", "completed", "pushed")
 RANK: dict[str, int] = {name: i for i, name in enumerate(STATUSES)}
 HELD = "held"
@@ -56,11 +58,6 @@ HELD = "held"
 
 def status_name(rank: int, held: bool = False) -> str:
     return HELD if held and rank == RANK["completed"] else STATUSES[rank]
-
-
-def later_status(current: tuple[int, int], new: tuple[int, int]) -> tuple[int, int]:
-    """The status to keep: (revision, rank) only ever grows."""
-    return max(current, new)
 
 
 # ------------------------------------------------------------------------------------------------- changes

@@ -35,7 +35,7 @@ from shared.db import DictConnection
 
 S = "readmodel"
 
-# Status only moves to a higher (revision, rank).
+# Status only moves to a higher (revision, rank): the one place that order is applied (ranks: domain.RANK).
 _STATUS_SET = """
     status_revision = CASE WHEN ROW(EXCLUDED.status_revision, EXCLUDED.status_rank)
                                 > ROW(i.status_revision, i.status_rank)

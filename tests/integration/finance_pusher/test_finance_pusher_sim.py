@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from services.finance_pusher import main
 from services.finance_pusher.finance_client import FinanceClient
-from services.finance_pusher.handlers import SERVICE, PushHandler
+from services.finance_pusher.handler import SERVICE, PushHandler
 from services.finance_pusher.ledger import Ledger, PushRecord
 from shared.db import make_pool, migrate
 from shared.events import InvoiceCompleted, InvoicePushed, InvoiceReleased, decode, encode

@@ -12,13 +12,13 @@ import psycopg
 from confluent_kafka import Producer
 from psycopg.rows import dict_row
 
-from services.ingester.assembly import Assembler
-from shared.events import InvoiceDiscovered, decode, encode
+from shared.events import InvoiceDiscovered, encode
 from shared.kafka.admin import committed_offsets
 from shared.money import parse_minor
 from shared.settings import Settings
 from shared.topics import COST_LINES, INVOICE_DISCOVERED, group_id
 from sims.scenario import SCENARIOS_DIR
+from tests.assembly_reader import AssemblyReader
 from tests.helpers import read_all
 
 ACCOUNT = "default"  # Settings.digitalocean_account_name of the single-token account
@@ -67,13 +67,11 @@ def consumed(settings: Settings) -> int:
     return sum(o for o in offsets.values() if o >= 0)
 
 
-def assemble(settings: Settings) -> tuple[Assembler, int]:
-    """Fold the cost-lines topic (read_committed: on the embedded broker aborted records are in it too)."""
-    asm = Assembler()
+def assemble(settings: Settings) -> tuple[AssemblyReader, int]:
+    """Fold the cost-lines topic by the matcher's rule (read_committed: on the embedded broker aborted records
+    are in it too)."""
     recs = read_all(settings, COST_LINES.name(settings.kafka_topic_prefix))
-    for r in recs:
-        asm.add(*decode(r.value))
-    return asm, len(recs)
+    return AssemblyReader().read_all(recs), len(recs)
 
 
 def ledger_rows(settings: Settings) -> list[dict]:

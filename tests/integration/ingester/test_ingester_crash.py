@@ -2,8 +2,8 @@
 reader builds from the cost-lines topic: every revision's lines all or nothing, each once.
 
 The reader reads with read_committed; on the embedded broker aborted transactions stay visible, so it
-applies the downstream rule (services/ingester/assembly.py): act on a revision only once its end marker
-and all its lines are in, dedupe by (invoice, revision, line_index).
+applies the matcher's rule (tests/assembly_reader.py over services/matcher/domain/assembly.py): a revision
+completes at its end marker once all its lines are in, each line counted once.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.finance_pusher.payload import build_payload
+from services.finance_pusher.domain import build_payload
 from services.ingester.csv_parser import CsvParseError, ParsedInvoice, parse_invoice_csv
 from services.ingester.domain import build_events, expected_of, reconciliation_of
-from services.matcher.assembly import LineFact, on_marker
+from services.matcher.domain.assembly import LineFact, on_marker
 from shared.events import InvoiceCompleted, InvoiceDiscovered, decode, encode
 from shared.reconciliation import unproven_reason
 from shared.tax import is_tax

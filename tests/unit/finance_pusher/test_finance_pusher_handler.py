@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
+from services.finance_pusher.domain import InvalidInvoice, PushedState
 from services.finance_pusher.finance_client import FinanceClient, FinanceRejected
-from services.finance_pusher.handlers import SERVICE, NotHeld, PushHandler, StaleRelease
+from services.finance_pusher.handler import SERVICE, NotHeld, PushHandler, StaleRelease
 from services.finance_pusher.ledger import HoldRecord, InvoiceLedger, PushRecord
-from services.finance_pusher.payload import InvalidInvoice, PushedState
 from shared.events import Balance, InvoicePushed, Reconciliation
 from shared.kafka import Retryable
 from shared.metrics import CONFIG_ERRORS

@@ -1,4 +1,4 @@
-"""Ledger decisions, reconciliation, event building and the downstream assembly rule, as pure logic."""
+"""Ledger decisions, reconciliation, event building, and what the matcher assembles from the events, as pure logic."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from services.ingester.assembly import Assembler
 from services.ingester.csv_parser import PARSER_VERSION, parse_invoice_csv
 from services.ingester.domain import (
     Decision,
@@ -22,7 +21,8 @@ from services.ingester.domain import (
     refetch_delay,
     summary_amounts,
 )
-from shared.events import CostLine, InvoiceDiscovered, decode, encode, event_id_for
+from shared.events import CostLine, InvoiceDiscovered, encode, event_id_for
+from tests.assembly_reader import AssemblyReader
 from tests.factories import invoice_discovered
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -234,20 +234,32 @@ def test_event_ids_are_deterministic_per_revision_and_line() -> None:
     assert encode(a[0], "acct", T0) == encode(b[0], "acct", T0)
 
 
-# ------------------------------------------------------------------------------------------ assembly
+# ------------------------------------------------------------------------------- assembly (the matcher's rule)
 def _records(revision: int, csv: str = CSV) -> list[bytes]:
     lines, end = events(invoice_discovered(**DISCOVERED), csv, revision)
     return [encode(x, "acct", T0) for x in [*lines, end]]
 
 
-def _fold(asm: Assembler, raw: list[bytes]) -> None:
+def _fold(asm: AssemblyReader, raw: list[bytes]) -> None:
     for r in raw:
-        asm.add(*decode(r))
+        asm.add(r)
 
 
-def test_assembler_acts_only_when_marker_and_all_lines_are_in() -> None:
+def test_reader_does_not_act_while_a_line_is_missing() -> None:
     recs = _records(1)
-    asm = Assembler()
+    asm = AssemblyReader()
+    _fold(asm, recs[:2] + recs[3:])  # line 2 missing
+    assert asm.acted == [] and asm.current == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the matcher completes a revision only at its end marker: a line read after its marker (never the"
+    " ingester's order, lines and marker are one transaction) leaves the revision waiting",
+)
+def test_reader_acts_only_when_marker_and_all_lines_are_in() -> None:
+    recs = _records(1)
+    asm = AssemblyReader()
     _fold(asm, recs[:2] + recs[3:])  # line 2 missing
     assert asm.acted == [] and asm.current == {}
     _fold(asm, [recs[2]])
@@ -255,9 +267,9 @@ def test_assembler_acts_only_when_marker_and_all_lines_are_in() -> None:
     assert [ln.line_index for ln in asm.current["inv-1"].lines] == [0, 1, 2]
 
 
-def test_assembler_dedupes_aborted_copies_and_resends() -> None:
+def test_reader_dedupes_aborted_copies_and_resends() -> None:
     recs = _records(1)
-    asm = Assembler()
+    asm = AssemblyReader()
     _fold(asm, recs[:2])  # an aborted, partial transaction the embedded broker shows
     _fold(asm, recs)  # the committed re-send
     _fold(asm, recs)  # and a duplicate delivery
@@ -266,9 +278,9 @@ def test_assembler_dedupes_aborted_copies_and_resends() -> None:
     assert asm.conflicts == []
 
 
-def test_assembler_newer_revision_replaces_and_late_older_is_ignored() -> None:
+def test_reader_newer_revision_replaces_and_late_older_is_ignored() -> None:
     csv2 = CSV.replace("$6.00", "$7.00")
-    asm = Assembler()
+    asm = AssemblyReader()
     r1 = _records(1)
     _fold(asm, r1[:1])  # revision 1 incomplete (abandoned after a crash)
     _fold(asm, _records(2, csv2))
@@ -278,16 +290,16 @@ def test_assembler_newer_revision_replaces_and_late_older_is_ignored() -> None:
     assert asm.current["inv-1"].revision == 2
 
 
-def test_assembler_flags_two_contents_for_one_revision() -> None:
-    asm = Assembler()
+def test_reader_flags_two_contents_for_one_revision() -> None:
+    asm = AssemblyReader()
     _fold(asm, _records(1))
     _fold(asm, _records(1, CSV.replace("$6.00", "$9.00")))
     assert asm.conflicts
 
 
-def test_assembler_flags_a_line_beyond_line_count() -> None:
+def test_reader_flags_a_line_beyond_line_count() -> None:
     lines, end = events(invoice_discovered(**DISCOVERED), CSV, 1)
     extra = CostLine(**(lines[0].model_dump() | {"line_index": 7}))
-    asm = Assembler()
+    asm = AssemblyReader()
     _fold(asm, [encode(x, "acct", T0) for x in [*lines, extra, end]])
     assert asm.conflicts and asm.acted == []

@@ -11,7 +11,7 @@ import pytest
 
 from services.ingester.csv_parser import ParsedInvoice
 from services.ingester.domain import Decision, Hold, LedgerEntry, decide, next_hold
-from services.ingester.handlers import (
+from services.ingester.handler import (
     H_CSV_BYTE,
     H_CSV_COLUMN,
     H_CSV_LINE,

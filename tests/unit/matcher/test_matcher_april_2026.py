@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from services.ingester.csv_parser import parse_invoice_csv
 from services.ingester.domain import build_events
 from services.ingester.items import join_items, parse_item
-from services.matcher.matching import InventoryEntry, InventoryIndex, match_line
+from services.matcher.domain.matching import InventoryEntry, InventoryIndex, match_line
 from services.poller import domain as poller
 from shared.digitalocean import RESOURCE_ENDPOINTS
 from shared.events import CostLineMatched, InvoiceDiscovered, Resource

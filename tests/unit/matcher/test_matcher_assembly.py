@@ -1,4 +1,4 @@
-"""Revision assembly: decisions at a marker, and the whole record path (handlers) under at-least-once delivery.
+"""Revision assembly: decisions at a marker, and the whole record path (handler) under at-least-once delivery.
 
 `Partition` below plays the faust app over dict tables, with the delivery contract the app relies on: an
 offset commit means every earlier table write and output is delivered; a crash keeps the committed state
@@ -16,9 +16,10 @@ from datetime import date
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.matcher import assembly, handlers
-from services.matcher.assembly import Completed, LineFact, Waiting, on_marker, record_line
-from services.matcher.matching import InventoryEntry, InventoryIndex
+from services.matcher import handler
+from services.matcher.domain import assembly
+from services.matcher.domain.assembly import Completed, LineFact, Waiting, on_marker, record_line
+from services.matcher.domain.matching import InventoryEntry, InventoryIndex
 from shared.events import CostLine, InvoiceCompleted, InvoiceEnd, decode, encode
 from shared.kafka.records import Record
 from tests.factories import bare_match, cost_line, invoice_end
@@ -213,7 +214,7 @@ class Partition:
     delivered: list[bytes] = field(default_factory=list)  # invoice-completed records that reached the topic
     committed: int = 0
 
-    # handlers.AssemblyTables
+    # handler.AssemblyTables
     def completed(self, revision_key: str) -> Completed | None:
         return Completed.from_json(self.tables["completed"].get(revision_key))  # type: ignore[arg-type]
 
@@ -246,7 +247,7 @@ class Partition:
     def process(self, offset: int, value: bytes) -> None:
         """What app.apply does with one record, in the same order."""
         rec = Record("billing.cost-lines.v1", 0, offset, None, value, timestamp_ms=1_000 + offset)
-        step = handlers.cost_line_record(rec, self.inventory, self, matched_topic="m", completed_topic="c")
+        step = handler.cost_line_record(rec, self.inventory, self, matched_topic="m", completed_topic="c")
         self.pending_outs.extend(o.value for o in step.outs if o.topic == "c" and o.value is not None)
         for key, fact in step.facts.items():
             self._write("facts", key, fact)

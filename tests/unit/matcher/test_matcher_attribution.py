@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.matcher import handlers
-from services.matcher.matching import InventoryEntry, InventoryIndex, match_line
+from services.matcher import handler
+from services.matcher.domain.matching import InventoryEntry, InventoryIndex, match_line
 from shared.events import Resource, encode
 from shared.kafka.records import Record
 from tests.factories import cost_line
@@ -176,14 +176,14 @@ def test_a_history_record_updates_the_index_and_a_tombstone_forgets() -> None:
     gone = live.model_copy(update={"exists": False, "first_seen": d(2), "last_seen": d(3)})
     for r in (live, gone):
         rec = Record("cloud.resources.v1", 0, 0, f"{ACC}:droplet:9", encode(r, ACC), {}, None)
-        change = handlers.resource_change(rec)
+        change = handler.resource_change(rec)
         assert change.entry is not None
         idx.upsert(change.entry)
     e = idx.get(f"{ACC}:droplet:9")
     assert e is not None and (e.exists, e.since, e.last_seen) == (False, d(2), d(3))
     assert InventoryEntry.from_dict(e.to_dict()) == e
     assert idx.find(ACC, "droplet", "box") == [] and idx.find(ACC, "droplet", "box", exists=False) == [e]
-    tomb = handlers.resource_change(Record("cloud.resources.v1", 0, 1, f"{ACC}:droplet:9", None, {}, None))
+    tomb = handler.resource_change(Record("cloud.resources.v1", 0, 1, f"{ACC}:droplet:9", None, {}, None))
     assert tomb.entry is None
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.matcher.extract import Extracted, NotExtracted, extract, is_tax_description, split_name_and_paren
+from services.matcher.domain.extract import Extracted, NotExtracted, extract, is_tax_description, split_name_and_paren
 
 
 @pytest.mark.parametrize(

@@ -1,44 +1,18 @@
-"""Matching cost lines to the inventory view, and the handlers' decode/dead-letter decisions."""
+"""Matching cost lines to the inventory view (the `inventory` fixture: conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 
-from services.matcher import handlers
-from services.matcher.assembly import Completed, LineFact, Waiting, waiting_from_json
-from services.matcher.matching import InventoryEntry, InventoryIndex, match_line
-from shared.events import EventDecodeError, Reconciliation, Resource, decode, encode
-from shared.kafka.records import Record
-from tests.factories import cost_line, invoice_end, record
+from services.matcher.domain.matching import InventoryEntry, InventoryIndex, match_line
+from shared.events import Resource, decode, encode
+from tests.factories import cost_line
 
 ACC = "default"
 
 
 def _e(kind: str, rid: str, name: str, account: str = ACC) -> InventoryEntry:
     return InventoryEntry(f"{account}:{kind}:{rid}", account, kind, rid, name)
-
-
-@pytest.fixture
-def inventory() -> InventoryIndex:
-    return InventoryIndex(
-        [
-            _e("droplet", "401", "web-01"),
-            _e("droplet", "402", "api-01"),
-            _e("droplet", "403", "My Box (old)"),
-            _e("volume", "v-1", "vol-data-syd1"),
-            _e("database", "d-1", "db-postgresql-syd1-11111"),
-            _e("load_balancer", "lb-1", "lb-prod"),
-            _e("kubernetes_cluster", "k-1", "k8s-prod"),
-            _e("app", "a-1", "my-app"),
-            _e("snapshot", "s-1", "web-01-1712000000"),
-            _e("reserved_ip", "1.2.3.4", "1.2.3.4"),
-            _e("floating_ip", "5.6.7.8", "5.6.7.8"),
-            _e("registry", "acme", "acme"),
-            _e("droplet", "999", "web-01", account="other"),
-        ]
-    )
 
 
 @pytest.mark.parametrize(
@@ -197,120 +171,3 @@ def test_entry_round_trips_through_the_table_value() -> None:
     assert InventoryEntry.from_resource("acc:volume:v", "acc", r) == InventoryEntry(
         "acc:volume:v", "acc", "volume", "v", "Vol"
     )
-
-
-# ------------------------------------------------------------------------------------------- handlers
-def test_resource_records_and_tombstones() -> None:
-    r = Resource(kind="droplet", resource_id="1", name="web-01")
-    ch = handlers.resource_change(record(encode(r, "acc"), key="acc:droplet:1"))
-    assert ch.entry == InventoryEntry("acc:droplet:1", "acc", "droplet", "1", "web-01")
-    gone = handlers.resource_change(record(None, key="acc:droplet:1"))
-    assert gone.resource_key == "acc:droplet:1" and gone.entry is None
-
-
-@pytest.mark.parametrize(
-    ("value", "key"),
-    [
-        (b"not json", "acc:droplet:1"),
-        (b'{"event_id": "x"}', "acc:droplet:1"),
-        (
-            encode(cost_line(product="Droplets", description="x", invoice_uuid="inv"), "acc"),
-            "acc:droplet:1",
-        ),  # wrong type on the topic
-        (encode(Resource(kind="droplet", resource_id="1", name="x"), "acc"), None),  # no key
-    ],
-)
-def test_bad_resource_records_raise_for_the_dead_letter_queue(value: bytes, key: str | None) -> None:
-    with pytest.raises(EventDecodeError):
-        handlers.resource_change(record(value, key=key))
-
-
-class _Tables:
-    """handlers.AssemblyTables over dicts, with a Step's table changes applied in the app's order."""
-
-    def __init__(self) -> None:
-        self.facts: dict[str, list[int]] = {}
-        self.done: dict[str, dict] = {}
-        self.waits: dict[str, dict] = {}
-
-    def completed(self, revision_key: str) -> Completed | None:
-        return Completed.from_json(self.done.get(revision_key))
-
-    def fact(self, fact_key: str) -> LineFact | None:
-        v = self.facts.get(fact_key)
-        return None if v is None else LineFact.from_json(v)
-
-    def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
-        return waiting_from_json(self.waits.get(invoice_uuid))
-
-    def apply(self, step: handlers.Step) -> None:
-        self.facts.update(step.facts)
-        if step.completed is not None:
-            self.done[step.completed[0]] = step.completed[1]
-        for key in step.delete_facts:
-            self.facts.pop(key, None)
-
-
-def _step(rec: Record, index: InventoryIndex, tables: _Tables) -> handlers.Step:
-    step = handlers.cost_line_record(rec, index, tables, matched_topic="m", completed_topic="c")
-    tables.apply(step)
-    return step
-
-
-# The end marker of the two-line invoice (a droplet line of 100 and a tax line of 100).
-END_OF_TWO_LINES = invoice_end(
-    invoice_uuid="inv",
-    invoice_id=None,
-    invoice_date="2026-05-01",
-    line_count=2,
-    amount_net_minor=100,
-    amount_tax_minor=100,
-    csv_sha256="x",
-    reconciliation=Reconciliation(status="unknown"),
-)
-
-
-def test_cost_line_records_enrich_then_complete(inventory: InventoryIndex) -> None:
-    tables = _Tables()
-    lines = [
-        cost_line(0, product="Droplets", description="web-01 (s)", invoice_uuid="inv"),
-        cost_line(1, product="Taxes", description="GST (10%)", invoice_uuid="inv", is_tax=True),
-    ]
-    end = END_OF_TWO_LINES
-    outs = []
-    for i, ev in enumerate([*lines, end]):
-        outs += _step(record(encode(ev, ACC), key="inv", offset=i), inventory, tables).outs
-    assert [o.topic for o in outs] == ["m", "m", "c"]
-    assert all(o.key == "inv" for o in outs)
-    _, done = decode(outs[-1].value)
-    assert (done.line_count, done.matched_count, done.amount_gross_minor) == (2, 1, 200)
-    _, first = decode(outs[0].value)
-    assert first.resource_key == "default:droplet:401"
-    assert tables.facts == {} and list(tables.done) == ["inv|1"]
-
-
-@pytest.mark.parametrize(
-    "value",
-    [None, b"", b"{}", b"\xff\xfe", encode(Resource(kind="droplet", resource_id="1", name="x"), ACC)],
-)
-def test_bad_cost_line_records_raise_for_the_dead_letter_queue(inventory: InventoryIndex, value: bytes | None) -> None:
-    with pytest.raises(EventDecodeError):
-        handlers.cost_line_record(record(value), inventory, _Tables(), matched_topic="m", completed_topic="c")
-
-
-def test_records_processed_again_after_a_crash_give_byte_identical_outputs(inventory: InventoryIndex) -> None:
-    """A crash before the tables' changelog is written means the records are read again: same bytes out."""
-    lines = [
-        cost_line(0, product="Droplets", description="web-01 (s)", invoice_uuid="inv"),
-        cost_line(1, product="Taxes", description="GST (10%)", invoice_uuid="inv", is_tax=True),
-    ]
-    end = END_OF_TWO_LINES
-    records = [record(encode(ev, ACC), key="inv", offset=i) for i, ev in enumerate([*lines, end])]
-
-    def run() -> list[bytes]:
-        tables = _Tables()
-        return [o.value for r in records for o in _step(r, inventory, tables).outs]
-
-    first = run()
-    assert len(first) == 3
-    assert run() == first

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.matcher.extract import Extracted, NotExtracted, extract, known_products
+from services.matcher.domain.extract import Extracted, NotExtracted, extract, known_products
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "architecture.md"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.finance_pusher.payload import (
+from services.finance_pusher.domain import (
     InvalidInvoice,
     PushedState,
     billing_period,

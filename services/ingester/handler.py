@@ -1,5 +1,11 @@
 """invoice-discovered → (fetch CSV, parse, reconcile, reserve a revision) → cost-line events + end marker.
 
+One consumed record (InvoiceDiscovered, or InvoiceRefetchRequested for a held invoice) → the records of one
+new revision. Orchestration, not pure: it calls DigitalOcean through `CsvSource` (CSV, summary, invoice
+list, items) and the revision ledger (services/ingester/ledger.py); the decisions are pure in `domain.py`,
+`csv_parser.py`, `items.py` and `refetch.py`. `main.py` builds the clients, the ledger and the
+`TransactionalProcessor` that consumes, produces and commits.
+
 `transform` runs inside `TransactionalProcessor`: whatever it returns is produced in one Kafka transaction
 together with the consumed offset; an exception other than `Retryable` dead-letters the record (in that
 same transaction). See `services/ingester/ledger.py` for the crash-safety design.

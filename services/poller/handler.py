@@ -1,7 +1,9 @@
-"""One poll of one account: DigitalOcean listings → domain → the records to produce.
+"""One poll tick of one job (balance, history or resources) for one account: DigitalOcean listings → domain →
+the records to produce.
 
-Handlers only read from the client and build `Out` records; producing, flushing and recording state
-is the caller's job (services/poller/poller.py), so a poll is recorded successful only once flushed.
+Not pure: it reads through the DigitalOcean client; the decisions are in `domain.py`. It only reads and builds
+`Out` records; producing, flushing and recording state is the caller's job (services/poller/poller.py, run by
+`main.py`), so a poll is recorded successful only once flushed.
 """
 
 from __future__ import annotations

@@ -10,9 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.matcher import assembly
-from services.matcher.assembly import Completed, LineFact, Waiting
-from services.matcher.matching import InventoryEntry, InventoryIndex, match_line
+from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, LineFact, Waiting, assembly, match_line
 from shared.events import CostLine, EventDecodeError, InvoiceEnd, Resource, decode, encode
 from shared.kafka.records import Out, Record
 

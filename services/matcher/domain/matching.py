@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from services.matcher.extract import INVENTORIED_KINDS, KIND_TAX, Extracted, NotExtracted, extract
+from services.matcher.domain.extract import INVENTORIED_KINDS, KIND_TAX, Extracted, NotExtracted, extract
 from shared.events import AttributedBy, CostLine, CostLineMatched, Resource
 
 # A Floating IP became a Reserved IP at DigitalOcean: the same address may be listed under either name. GPU

@@ -1,4 +1,5 @@
-"""Handlers and the Poller's orchestration with a MockTransport client, a fake store and a fake producer."""
+"""The handler (one poll tick per job) and the Poller's orchestration with a MockTransport client, a fake store and a
+fake producer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from services.poller import handlers
+from services.poller import handler
 from services.poller.domain import Known
 from services.poller.poller import Poller
 from shared.digitalocean import (
@@ -98,9 +99,9 @@ def decoded(outs: list[Out]):
     return [(o.topic, o.key, decode(o.value)[1] if o.value is not None else None) for o in outs]
 
 
-# ------------------------------------------------------------------------------------------ handlers
+# ------------------------------------------------------------------------------------------ handler
 def test_poll_history_events_periods_and_bad_entries() -> None:
-    out = handlers.poll_history(client(do_handler()), "acme", "p.", "USD")
+    out = handler.poll_history(client(do_handler()), "acme", "p.", "USD")
     got = decoded(out.outs)
     history = [d for t, _, d in got if t == "p.billing.history.v1"]
     discovered = {k: d for t, k, d in got if t == "p.billing.invoice-discovered.v1"}
@@ -112,7 +113,7 @@ def test_poll_history_events_periods_and_bad_entries() -> None:
 
 
 def test_poll_history_without_invoices_listing_derives_periods() -> None:
-    out = handlers.poll_history(client(do_handler(invoices_status=404)), "acme", "", "USD")
+    out = handler.poll_history(client(do_handler(invoices_status=404)), "acme", "", "USD")
     discovered = {k: d for t, k, d in decoded(out.outs) if t.endswith("invoice-discovered.v1")}
     assert discovered["u-jun"].period == "2018-06-01"  # the month before 2018-07-01
 
@@ -128,7 +129,7 @@ def test_a_resource_gone_is_sent_as_history_not_forgotten() -> None:
         "attributes": {"created_at": "2026-04-01T00:00:00Z"},
     }
     known = {"droplet": {"3": Known("old-box", t1, t2, last)}, "registry": {"old": Known("old", t1, t2, None)}}
-    out = handlers.poll_resources(client(do_handler()), "acme", "", known)
+    out = handler.poll_resources(client(do_handler()), "acme", "", known)
     gone = {k: d for _, k, d in decoded(out.outs) if d is not None and not d.exists}
     r = gone["acme:droplet:3"]
     assert (r.name, r.region, r.first_seen, r.last_seen, r.attributes["created_at"]) == (
@@ -139,7 +140,7 @@ def test_a_resource_gone_is_sent_as_history_not_forgotten() -> None:
         "2026-04-01T00:00:00Z",
     )
     assert gone["acme:registry:old"].name == "old"  # stored before history: its name and seen times
-    again = handlers.poll_resources(client(do_handler()), "acme", "", known)
+    again = handler.poll_resources(client(do_handler()), "acme", "", known)
     ids = [decode(o.value)[0].event_id for o in out.outs if o.value is not None]
     assert [decode(o.value)[0].event_id for o in again.outs if o.value is not None] == ids  # the same events
     assert not any(o.value is None for o in out.outs)  # no tombstone
@@ -148,14 +149,14 @@ def test_a_resource_gone_is_sent_as_history_not_forgotten() -> None:
 def test_gpu_droplets_are_inventoried_from_their_own_listing() -> None:
     gpu = {"id": 77, "name": "gpu-box", "size_slug": "gpu-h100x1-80gb", "region": {"slug": "tor1"}}
     resources = {**RESOURCES, "droplets": [*RESOURCES.get("droplets", []), gpu]}
-    out = handlers.poll_resources(client(do_handler(resources=resources)), "acme", "", {})
+    out = handler.poll_resources(client(do_handler(resources=resources)), "acme", "", {})
     keys = [k for _, k, d in decoded(out.outs) if d is not None]
     assert "acme:gpu_droplet:77" in keys and "acme:droplet:77" not in keys
 
 
 def test_poll_resources_tombstones_partial_failure_and_bad_entries() -> None:
     previous = {"droplet": {"1", "2", "3"}, "volume": {"v1", "v0"}, "registry": {"old"}}
-    out = handlers.poll_resources(client(do_handler(fail_paths={"/v2/volumes": 500})), "acme", "", previous)
+    out = handler.poll_resources(client(do_handler(fail_paths={"/v2/volumes": 500})), "acme", "", previous)
     got = decoded(out.outs)
     tombstones = [k for _, k, d in got if d is None]
     assert tombstones == ["acme:droplet:3", "acme:registry:old"]  # none for volumes: the listing failed
@@ -164,7 +165,7 @@ def test_poll_resources_tombstones_partial_failure_and_bad_entries() -> None:
     assert "volume" not in out.listed_kinds and "droplet" in out.listed_kinds
 
     bad = dict(RESOURCES, droplets=[{"id": 1, "name": "web-01"}, {"name": "no-id"}])
-    out = handlers.poll_resources(client(do_handler(resources=bad)), "acme", "", previous)
+    out = handler.poll_resources(client(do_handler(resources=bad)), "acme", "", previous)
     assert "droplet" not in out.listed_kinds  # incomplete listing: no tombstones for droplets
     assert [k for _, k, d in decoded(out.outs) if d is None] == ["acme:registry:old", "acme:volume:v0"]
 
@@ -181,7 +182,7 @@ def test_a_listing_cut_short_of_its_total_tombstones_nothing_of_its_kind() -> No
         return base(request)
 
     previous = {"droplet": {"1", "2"}, "registry": {"reg"}}
-    out = handlers.poll_resources(client(handle), "acme", "", previous)
+    out = handler.poll_resources(client(handle), "acme", "", previous)
     tombstones = [k for _, k, d in decoded(out.outs) if d is None]
     assert "acme:droplet:2" not in tombstones
     assert "droplet" not in out.listed_kinds and out.partial
@@ -190,7 +191,7 @@ def test_a_listing_cut_short_of_its_total_tombstones_nothing_of_its_kind() -> No
 
 def test_poll_resources_all_kinds_failing_raises_the_first_error() -> None:
     with pytest.raises(DigitalOceanAuthError):
-        handlers.poll_resources(client(do_handler(fail_paths={"/v2/": 401})), "acme", "", {})
+        handler.poll_resources(client(do_handler(fail_paths={"/v2/": 401})), "acme", "", {})
 
 
 # ------------------------------------------------------------------------------------------ orchestration

@@ -1,5 +1,10 @@
 """invoice-completed record → money gate → push decision → finance → ledger → invoice-pushed event.
 
+One consumed record (InvoiceCompleted, or an admin's InvoiceReleased) → at most one push and one event.
+Orchestration, not pure: it calls finance (`finance_client.py`), the push ledger (`ledger.py`) and the
+producer it is given; the payload and the push decision are pure in `domain.py`. `main.py` builds those
+adapters and the consumer loop that commits the offset once `PushHandler` returns.
+
 The money gate (docs/architecture.md): a revision is pushed only when its reconciliation proves it complete
 (`shared.reconciliation.unproven_reason`, the arithmetic re-done on the totals being pushed). Anything else
 is held: recorded whole in the ledger, not sent. An admin's `InvoiceReleased` (same topic, same key) pushes
@@ -25,6 +30,7 @@ from typing import Any, Literal, cast
 
 import psycopg
 
+from services.finance_pusher.domain import SOURCE, build_payload, decide, idempotency_key, payload_sha256
 from services.finance_pusher.finance_client import (
     FinanceClient,
     FinanceConfigError,
@@ -33,7 +39,6 @@ from services.finance_pusher.finance_client import (
     ImportResult,
 )
 from services.finance_pusher.ledger import Ledger, PushRecord
-from services.finance_pusher.payload import SOURCE, build_payload, decide, idempotency_key, payload_sha256
 from shared.events import InvoiceCompleted, InvoicePushed, InvoiceReleased, utcnow
 from shared.kafka import Record, Retryable
 from shared.metrics import CONFIG_ERRORS
