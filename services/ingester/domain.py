@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from services.ingester.csv_parser import ParsedInvoice
+from services.ingester.csv_parser import ParsedInvoice, ParsedLine
 from services.ingester.items import RowItem
 from shared.events import CostLine, InvoiceDiscovered, InvoiceEnd, Reconciliation, canonical_json
 from shared.money import MoneyError, money_from_json
@@ -197,6 +197,29 @@ def _item_fields(row: RowItem | None) -> dict[str, Any]:
     }
 
 
+def _cost_line(invoice_uuid: str, revision: int, ln: ParsedLine, joined: RowItem | None) -> CostLine:
+    """A CSV row as a cost line, with its item's ids; the item's category where the CSV has none (8 columns)."""
+    item = joined.item if joined is not None else None
+    return CostLine(
+        invoice_uuid=invoice_uuid,
+        revision=revision,
+        line_index=ln.line_index,
+        product=ln.product,
+        group_description=ln.group_description,
+        description=ln.description,
+        hours=ln.hours,
+        start=ln.start,
+        end=ln.end,
+        amount_minor=ln.amount_minor,
+        currency=ln.currency,
+        project_name=ln.project_name,
+        category=item.category if not ln.category and item is not None and item.category else ln.category,
+        is_tax=ln.is_tax,
+        extra=dict(ln.extra),
+        **_item_fields(joined),
+    )
+
+
 def build_events(
     discovered: InvoiceDiscovered,
     parsed: ParsedInvoice,
@@ -215,33 +238,9 @@ def build_events(
     if joined is not None and len(joined) != parsed.line_count:
         raise ValueError(f"{len(joined)} joined items for {parsed.line_count} CSV rows")
     lines = [
-        CostLine(
-            invoice_uuid=discovered.invoice_uuid,
-            revision=revision,
-            line_index=ln.line_index,
-            product=ln.product,
-            group_description=ln.group_description,
-            description=ln.description,
-            hours=ln.hours,
-            start=ln.start,
-            end=ln.end,
-            amount_minor=ln.amount_minor,
-            currency=ln.currency,
-            project_name=ln.project_name,
-            category=ln.category,
-            is_tax=ln.is_tax,
-            extra=dict(ln.extra),
-            **_item_fields(joined[i] if joined is not None else None),
-        )
+        _cost_line(discovered.invoice_uuid, revision, ln, joined[i] if joined is not None else None)
         for i, ln in enumerate(parsed.lines)
     ]
-    if joined is not None:  # the items' category where the CSV has none (8-column invoices)
-        lines = [
-            ln.model_copy(update={"category": j.item.category})
-            if not ln.category and j.item is not None and j.item.category
-            else ln
-            for ln, j in zip(lines, joined, strict=True)
-        ]
     t = parsed.totals
     end = InvoiceEnd(
         invoice_uuid=discovered.invoice_uuid,

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
@@ -60,6 +60,7 @@ from shared.settings import Settings
 from shared.topics import COST_LINES
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVICE = "ingester"
 H_CSV_ROW = "dlq.csv.row"
@@ -128,29 +129,12 @@ class IngestHandler:
 
     # ---------------------------------------------------------------------------------- transform
     def transform(self, rec: Record) -> list[Out]:
+        """One discovery (or re-fetch request): its CSV fetched, parsed, reconciled and joined to its items, then
+        a new revision emitted, or nothing when unchanged; a CSV that does not parse is dead-lettered."""
         env, data = rec.event()
-        account = env.account
-        if isinstance(data, InvoiceRefetchRequested):
-            known = self._db(lambda: self.ledger.last_discovery(data.invoice_uuid))
-            if known is None:
-                raise UnknownInvoice(f"re-fetch of invoice {data.invoice_uuid}: never discovered by this ingester")
-            account, discovered = known
-            log.info(
-                "invoice %s: re-fetching its CSV (%s, by %s: %s)",
-                data.invoice_uuid,
-                f"attempt {data.attempt}" if data.attempt else "admin request",
-                data.requested_by,
-                data.reason,
-            )
-        elif isinstance(data, InvoiceDiscovered):
-            discovered = data
-        else:
-            raise UnexpectedEvent(f"expected {InvoiceDiscovered.TYPE}, got {env.type}")
+        account, discovered = self._discovery(env.account, env.type, data)
         uuid = discovered.invoice_uuid
-        source = self.source_for(account)
-        if source is None:
-            known_names = ", ".join(self.known_accounts) or "none"
-            raise UnknownAccount(f"no DigitalOcean account named {account!r} is configured (known: {known_names})")
+        source = self._source(account)
         if isinstance(data, InvoiceDiscovered):
             self._db(lambda: self.ledger.remember(account, discovered))
 
@@ -171,6 +155,37 @@ class IngestHandler:
             return []
         if wait is not None:
             raise wait
+        joined = self._joined(parsed, items, items_note)
+        digest = content_sha256(evidence, items_sha256(items) if items is not None else None)
+        return self._emit(rec, account, discovered, parsed, reconciliation, joined, digest)
+
+    def _discovery(self, account: str, event_type: str, data: object) -> tuple[str, InvoiceDiscovered]:
+        """The account and discovery a record is about: its own, or, for a re-fetch request, the ledger's."""
+        if isinstance(data, InvoiceDiscovered):
+            return account, data
+        if not isinstance(data, InvoiceRefetchRequested):
+            raise UnexpectedEvent(f"expected {InvoiceDiscovered.TYPE}, got {event_type}")
+        known = self._db(lambda: self.ledger.last_discovery(data.invoice_uuid))
+        if known is None:
+            raise UnknownInvoice(f"re-fetch of invoice {data.invoice_uuid}: never discovered by this ingester")
+        log.info(
+            "invoice %s: re-fetching its CSV (%s, by %s: %s)",
+            data.invoice_uuid,
+            f"attempt {data.attempt}" if data.attempt else "admin request",
+            data.requested_by,
+            data.reason,
+        )
+        return known
+
+    def _source(self, account: str) -> CsvSource:
+        source = self.source_for(account)
+        if source is None:
+            known_names = ", ".join(self.known_accounts) or "none"
+            raise UnknownAccount(f"no DigitalOcean account named {account!r} is configured (known: {known_names})")
+        return source
+
+    def _joined(self, parsed: ParsedInvoice, items: list[Item] | None, items_note: str) -> list[RowItem]:
+        """Each CSV row's item, or, without items, the same note on every row."""
         joined = (
             join_items(parsed.lines, items)
             if items is not None
@@ -179,8 +194,20 @@ class IngestHandler:
         )
         for row in joined:
             ITEM_ROWS.labels(row.join).inc()
-        digest = content_sha256(evidence, items_sha256(items) if items is not None else None)
+        return joined
 
+    def _emit(
+        self,
+        rec: Record,
+        account: str,
+        discovered: InvoiceDiscovered,
+        parsed: ParsedInvoice,
+        reconciliation: Reconciliation,
+        joined: list[RowItem],
+        digest: str,
+    ) -> list[Out]:
+        """The ledger decides: the same content is skipped, anything else is a revision's lines and end marker."""
+        uuid = discovered.invoice_uuid
         decision, reserved_at = self._db(
             lambda: self.ledger.reserve(uuid, account, parsed, digest, reconciliation.status)
         )
@@ -312,7 +339,7 @@ class IngestHandler:
             )
 
     @staticmethod
-    def _db(call: Callable[[], Any]) -> Any:
+    def _db(call: Callable[[], T]) -> T:
         """A ledger call; an unreachable database makes the record wait, never dead-letters it."""
         try:
             return call()

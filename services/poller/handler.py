@@ -114,18 +114,7 @@ def poll_resources(
             first_error = first_error or e
             log.warning("account %s: listing %s failed, no tombstones for that kind: %s", account, kind, e)
             continue
-        seen: dict[str, tuple[Resource, str]] = {}
-        complete = True
-        for raw in listed:
-            try:
-                res = domain.resource_from(kind, raw)
-            except domain.BadEntry as e:
-                bad.append(f"{kind}: {e}")
-                log.warning("account %s: skipped a %s entry: %s", account, kind, e)
-                complete = False
-                continue
-            seen[res.resource_id] = (res, event_id_for(res, account))
-        out.inventory[kind] = seen
+        out.inventory[kind], complete = _read_listing(kind, listed, account, bad)
         if complete:
             # A kind with unreadable entries is incomplete: keep its previous state, send no tombstones.
             out.listed_kinds.add(kind)
@@ -134,17 +123,7 @@ def poll_resources(
     for kind in sorted(out.inventory):
         for rid, (res, _eid) in sorted(out.inventory[kind].items()):
             out.outs.append(_out(topic, domain.resource_key(account, kind, rid), res, account))
-    current = {k: set(v) for k, v in out.inventory.items()}
-    gone = domain.tombstones({k: set(v) for k, v in previous.items()}, current, out.listed_kinds)
-    tombstoned = 0
-    for g in gone:
-        key = domain.resource_key(account, g.kind, g.resource_id)
-        known = previous[g.kind]
-        if isinstance(known, Mapping) and isinstance(known.get(g.resource_id), domain.Known):
-            out.outs.append(_out(topic, key, domain.gone_record(g.kind, g.resource_id, known[g.resource_id]), account))
-        else:
-            out.outs.append(Out(topic, key, None))
-            tombstoned += 1
+    gone, tombstoned = _gone(out, topic, account, previous)
     out.detail = {
         "resources": sum(len(v) for v in out.inventory.values()),
         "gone": len(gone),
@@ -159,3 +138,43 @@ def poll_resources(
         out.detail["skipped_count"] = len(bad)
         out.partial = True
     return out
+
+
+def _read_listing(
+    kind: str, listed: list[dict[str, Any]], account: str, bad: list[str]
+) -> tuple[dict[str, tuple[Resource, str]], bool]:
+    """The listing's resources by id (with their event ids), and whether every entry could be read."""
+    seen: dict[str, tuple[Resource, str]] = {}
+    complete = True
+    for raw in listed:
+        try:
+            res = domain.resource_from(kind, raw)
+        except domain.BadEntry as e:
+            bad.append(f"{kind}: {e}")
+            log.warning("account %s: skipped a %s entry: %s", account, kind, e)
+            complete = False
+            continue
+        seen[res.resource_id] = (res, event_id_for(res, account))
+    return seen, complete
+
+
+def _gone(
+    out: PollOutput,
+    topic: str,
+    account: str,
+    previous: Mapping[str, set[str]] | Mapping[str, Mapping[str, domain.Known]],
+) -> tuple[list[domain.Gone], int]:
+    """Resources of a fully listed kind missing since the previous sync: a history record when we know more
+    than its id, else a tombstone. Returns them and the number of tombstones."""
+    current = {k: set(v) for k, v in out.inventory.items()}
+    gone = domain.tombstones({k: set(v) for k, v in previous.items()}, current, out.listed_kinds)
+    tombstoned = 0
+    for g in gone:
+        key = domain.resource_key(account, g.kind, g.resource_id)
+        known = previous[g.kind]
+        if isinstance(known, Mapping) and isinstance(known.get(g.resource_id), domain.Known):
+            out.outs.append(_out(topic, key, domain.gone_record(g.kind, g.resource_id, known[g.resource_id]), account))
+        else:
+            out.outs.append(Out(topic, key, None))
+            tombstoned += 1
+    return gone, tombstoned

@@ -369,155 +369,172 @@ class ReadModelWriter:
         cur.execute(SQL_LINES_UPSERT, (batch,))
 
     def _apply_one(self, cur: psycopg.Cursor[DictRow], ch: Change, touched: set[str]) -> None:
+        """One change but a line: its statement; an ingestion marks its invoice as touched."""
         match ch:
-            case BalanceSnapshot(data=d):
-                cur.execute(
-                    SQL_BALANCE,
-                    {
-                        "account": ch.account,
-                        "generated_at": d.generated_at,
-                        "mtd_balance": d.month_to_date_balance_minor,
-                        "account_balance": d.account_balance_minor,
-                        "mtd_usage": d.month_to_date_usage_minor,
-                        "currency": d.currency,
-                        "raw": Jsonb(d.raw),
-                        "event_id": ch.event_id,
-                    },
-                )
+            case BalanceSnapshot():
+                cur.execute(SQL_BALANCE, _balance_params(ch))
             case HistoryEntry(data=d):
                 cur.execute(SQL_HISTORY, {"event_id": ch.event_id, "account": ch.account, **d.model_dump()})
-            case Discovered(data=d, period=period):
-                cur.execute(
-                    SQL_DISCOVERED,
-                    {
-                        "invoice_uuid": d.invoice_uuid,
-                        "account": ch.account,
-                        "invoice_id": d.invoice_id,
-                        "period": period,
-                        "description": d.description,
-                        "date": d.date,
-                        "currency": d.currency,
-                        "amount_minor": d.amount_minor,
-                    },
-                )
-            case Ingested(data=d, period=period):
-                cur.execute(
-                    SQL_INGESTED,
-                    {
-                        "invoice_uuid": d.invoice_uuid,
-                        "account": ch.account,
-                        "invoice_id": d.invoice_id,
-                        "period": period,
-                        "invoice_date": d.invoice_date,
-                        "currency": d.currency,
-                        "revision": d.revision,
-                        "line_count": d.line_count,
-                        "csv_sha256": d.csv_sha256,
-                        "parser_version": d.parser_version,
-                        "net": d.amount_net_minor,
-                        "tax": d.amount_tax_minor,
-                        "gross": d.amount_gross_minor,
-                        **_recon(d),
-                    },
-                )
-                touched.add(d.invoice_uuid)
-            case Completed(data=d, period=period, hold_reason=hold_reason):
-                # The upsert always returns one row: a dict (dict_row connections), or a tuple from a plain cursor.
-                row = cast(
-                    "DictRow | tuple[Any, ...]",
-                    cur.execute(
-                        SQL_COMPLETED,
-                        {
-                            "invoice_uuid": d.invoice_uuid,
-                            "account": ch.account,
-                            "invoice_id": d.invoice_id,
-                            "period": period,
-                            "invoice_date": d.invoice_date,
-                            "currency": d.currency,
-                            "revision": d.revision,
-                            "matched_count": d.matched_count,
-                            "held": hold_reason is not None,
-                            "hold_reason": hold_reason,
-                            "line_count": d.line_count,
-                            "net": d.amount_net_minor,
-                            "tax": d.amount_tax_minor,
-                            "gross": d.amount_gross_minor,
-                            **_recon(d),
-                        },
-                    ).fetchone(),
-                )
-                served = row["revision"] if isinstance(row, dict) else row[0]
-                served_period = row["period"] if isinstance(row, dict) else row[1]
-                if served == d.revision:
-                    cur.execute(SQL_DROP_OLDER_LINES, (d.invoice_uuid, d.revision))
-                    cur.execute(
-                        SQL_SERVE_LINES,
-                        {"invoice_uuid": d.invoice_uuid, "revision": d.revision, "period": served_period},
-                    )
-            case Pushed(data=d):
-                cur.execute(
-                    SQL_PUSHED,
-                    {
-                        "invoice_uuid": d.invoice_uuid,
-                        "account": ch.account,
-                        "revision": d.revision,
-                        "pushed_at": d.pushed_at,
-                        "finance_invoice_id": d.finance_invoice_id,
-                        "action": d.action,
-                        "payload_sha256": d.payload_sha256,
-                    },
-                )
-            case ResourceSeen(data=d):
-                cur.execute(
-                    SQL_RESOURCE,
-                    {
-                        "account": ch.account,
-                        "kind": d.kind,
-                        "resource_id": d.resource_id,
-                        "name": d.name,
-                        "region": d.region,
-                        "attributes": Jsonb(d.attributes),
-                        "event_id": ch.event_id,
-                        "exists": d.exists,
-                        "first_seen": d.first_seen,
-                        "last_seen": d.last_seen,
-                    },
-                )
+            case Discovered():
+                cur.execute(SQL_DISCOVERED, _discovered_params(ch))
+            case Ingested():
+                cur.execute(SQL_INGESTED, _ingested_params(ch))
+                touched.add(ch.data.invoice_uuid)
+            case Completed():
+                self._complete(cur, ch)
+            case Pushed():
+                cur.execute(SQL_PUSHED, _pushed_params(ch))
+            case ResourceSeen():
+                cur.execute(SQL_RESOURCE, _resource_params(ch))
             case ResourceGone(kind=kind, resource_id=rid):
                 cur.execute(SQL_RESOURCE_GONE, (ch.account, kind, rid))
             case AdminAction():
-                cur.execute(
-                    SQL_ADMIN_ACTION,
-                    {
-                        "event_id": ch.event_id,
-                        "invoice_uuid": ch.invoice_uuid,
-                        "action": ch.action,
-                        "revision": ch.revision,
-                        "actor": ch.actor,
-                        "reason": ch.reason,
-                        "at": ch.at,
-                    },
-                )
+                cur.execute(SQL_ADMIN_ACTION, _admin_action_params(ch))
             case AlertRaised(data=d):
                 cur.execute(SQL_ALERT, {"account": ch.account, "event_id": ch.event_id, **d.model_dump()})
             case DeadLettered():
-                cur.execute(
-                    SQL_DEAD_LETTER,
-                    {
-                        "dedup_key": ch.dedup_key,
-                        "dlq_topic": ch.dlq_topic,
-                        "dlq_partition": ch.dlq_partition,
-                        "dlq_offset": ch.dlq_offset,
-                        "source_topic": ch.source_topic,
-                        "source_partition": ch.source_partition,
-                        "source_offset": ch.source_offset,
-                        "error_class": ch.error_class,
-                        "error_message": ch.error_message,
-                        "service": ch.service,
-                        "failed_at": ch.failed_at,
-                        "record_key": ch.record_key,
-                        "record_value": ch.record_value,
-                    },
-                )
+                cur.execute(SQL_DEAD_LETTER, _dead_letter_params(ch))
             case _:
                 raise TypeError(f"no writer for {type(ch).__name__}")
+
+    def _complete(self, cur: psycopg.Cursor[DictRow], ch: Completed) -> None:
+        """The completion's row; when its revision is the one served, its lines are served and older ones go."""
+        d = ch.data
+        # The upsert always returns one row: a dict (dict_row connections), or a tuple from a plain cursor.
+        row = cast("DictRow | tuple[Any, ...]", cur.execute(SQL_COMPLETED, _completed_params(ch)).fetchone())
+        served = row["revision"] if isinstance(row, dict) else row[0]
+        served_period = row["period"] if isinstance(row, dict) else row[1]
+        if served == d.revision:
+            cur.execute(SQL_DROP_OLDER_LINES, (d.invoice_uuid, d.revision))
+            cur.execute(
+                SQL_SERVE_LINES, {"invoice_uuid": d.invoice_uuid, "revision": d.revision, "period": served_period}
+            )
+
+
+# One function per change kind: the named parameters of its statement.
+def _balance_params(ch: BalanceSnapshot) -> dict[str, Any]:
+    d = ch.data
+    return {
+        "account": ch.account,
+        "generated_at": d.generated_at,
+        "mtd_balance": d.month_to_date_balance_minor,
+        "account_balance": d.account_balance_minor,
+        "mtd_usage": d.month_to_date_usage_minor,
+        "currency": d.currency,
+        "raw": Jsonb(d.raw),
+        "event_id": ch.event_id,
+    }
+
+
+def _discovered_params(ch: Discovered) -> dict[str, Any]:
+    d = ch.data
+    return {
+        "invoice_uuid": d.invoice_uuid,
+        "account": ch.account,
+        "invoice_id": d.invoice_id,
+        "period": ch.period,
+        "description": d.description,
+        "date": d.date,
+        "currency": d.currency,
+        "amount_minor": d.amount_minor,
+    }
+
+
+def _ingested_params(ch: Ingested) -> dict[str, Any]:
+    d = ch.data
+    return {
+        "invoice_uuid": d.invoice_uuid,
+        "account": ch.account,
+        "invoice_id": d.invoice_id,
+        "period": ch.period,
+        "invoice_date": d.invoice_date,
+        "currency": d.currency,
+        "revision": d.revision,
+        "line_count": d.line_count,
+        "csv_sha256": d.csv_sha256,
+        "parser_version": d.parser_version,
+        "net": d.amount_net_minor,
+        "tax": d.amount_tax_minor,
+        "gross": d.amount_gross_minor,
+        **_recon(d),
+    }
+
+
+def _completed_params(ch: Completed) -> dict[str, Any]:
+    d = ch.data
+    return {
+        "invoice_uuid": d.invoice_uuid,
+        "account": ch.account,
+        "invoice_id": d.invoice_id,
+        "period": ch.period,
+        "invoice_date": d.invoice_date,
+        "currency": d.currency,
+        "revision": d.revision,
+        "matched_count": d.matched_count,
+        "held": ch.hold_reason is not None,
+        "hold_reason": ch.hold_reason,
+        "line_count": d.line_count,
+        "net": d.amount_net_minor,
+        "tax": d.amount_tax_minor,
+        "gross": d.amount_gross_minor,
+        **_recon(d),
+    }
+
+
+def _pushed_params(ch: Pushed) -> dict[str, Any]:
+    d = ch.data
+    return {
+        "invoice_uuid": d.invoice_uuid,
+        "account": ch.account,
+        "revision": d.revision,
+        "pushed_at": d.pushed_at,
+        "finance_invoice_id": d.finance_invoice_id,
+        "action": d.action,
+        "payload_sha256": d.payload_sha256,
+    }
+
+
+def _resource_params(ch: ResourceSeen) -> dict[str, Any]:
+    d = ch.data
+    return {
+        "account": ch.account,
+        "kind": d.kind,
+        "resource_id": d.resource_id,
+        "name": d.name,
+        "region": d.region,
+        "attributes": Jsonb(d.attributes),
+        "event_id": ch.event_id,
+        "exists": d.exists,
+        "first_seen": d.first_seen,
+        "last_seen": d.last_seen,
+    }
+
+
+def _admin_action_params(ch: AdminAction) -> dict[str, Any]:
+    return {
+        "event_id": ch.event_id,
+        "invoice_uuid": ch.invoice_uuid,
+        "action": ch.action,
+        "revision": ch.revision,
+        "actor": ch.actor,
+        "reason": ch.reason,
+        "at": ch.at,
+    }
+
+
+def _dead_letter_params(ch: DeadLettered) -> dict[str, Any]:
+    return {
+        "dedup_key": ch.dedup_key,
+        "dlq_topic": ch.dlq_topic,
+        "dlq_partition": ch.dlq_partition,
+        "dlq_offset": ch.dlq_offset,
+        "source_topic": ch.source_topic,
+        "source_partition": ch.source_partition,
+        "source_offset": ch.source_offset,
+        "error_class": ch.error_class,
+        "error_message": ch.error_message,
+        "service": ch.service,
+        "failed_at": ch.failed_at,
+        "record_key": ch.record_key,
+        "record_value": ch.record_value,
+    }
