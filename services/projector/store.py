@@ -440,7 +440,8 @@ def _discovered_params(ch: Discovered) -> dict[str, Any]:
     }
 
 
-def _ingested_params(ch: Ingested) -> dict[str, Any]:
+def _revision_params(ch: Ingested | Completed) -> dict[str, Any]:
+    """What an ingested and a completed revision both say about the invoice."""
     d = ch.data
     return {
         "invoice_uuid": d.invoice_uuid,
@@ -451,8 +452,6 @@ def _ingested_params(ch: Ingested) -> dict[str, Any]:
         "currency": d.currency,
         "revision": d.revision,
         "line_count": d.line_count,
-        "csv_sha256": d.csv_sha256,
-        "parser_version": d.parser_version,
         "net": d.amount_net_minor,
         "tax": d.amount_tax_minor,
         "gross": d.amount_gross_minor,
@@ -460,24 +459,15 @@ def _ingested_params(ch: Ingested) -> dict[str, Any]:
     }
 
 
+def _ingested_params(ch: Ingested) -> dict[str, Any]:
+    return _revision_params(ch) | {"csv_sha256": ch.data.csv_sha256, "parser_version": ch.data.parser_version}
+
+
 def _completed_params(ch: Completed) -> dict[str, Any]:
-    d = ch.data
-    return {
-        "invoice_uuid": d.invoice_uuid,
-        "account": ch.account,
-        "invoice_id": d.invoice_id,
-        "period": ch.period,
-        "invoice_date": d.invoice_date,
-        "currency": d.currency,
-        "revision": d.revision,
-        "matched_count": d.matched_count,
+    return _revision_params(ch) | {
+        "matched_count": ch.data.matched_count,
         "held": ch.hold_reason is not None,
         "hold_reason": ch.hold_reason,
-        "line_count": d.line_count,
-        "net": d.amount_net_minor,
-        "tax": d.amount_tax_minor,
-        "gross": d.amount_gross_minor,
-        **_recon(d),
     }
 
 
