@@ -18,12 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cloudbill demo $(if $(KAFKA),--kafka $(KAFKA))
 
-# The suite: tests/e2e beside unit+integration, two pytest processes (tests/parallel.py); PYTEST_ARGS: one plain pytest.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(if $(PYTEST_ARGS),$(BIN)/pytest $(PYTEST_ARGS),$(BIN)/python -m tests.parallel)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
