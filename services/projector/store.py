@@ -7,6 +7,7 @@ revision only grows, and a line of a revision older than the served one is dropp
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
@@ -389,11 +390,11 @@ class ReadModelWriter:
             case ResourceGone(kind=kind, resource_id=rid):
                 cur.execute(SQL_RESOURCE_GONE, (ch.account, kind, rid))
             case AdminAction():
-                cur.execute(SQL_ADMIN_ACTION, _admin_action_params(ch))
+                cur.execute(SQL_ADMIN_ACTION, _fields(ch))
             case AlertRaised(data=d):
                 cur.execute(SQL_ALERT, {"account": ch.account, "event_id": ch.event_id, **d.model_dump()})
             case DeadLettered():
-                cur.execute(SQL_DEAD_LETTER, _dead_letter_params(ch))
+                cur.execute(SQL_DEAD_LETTER, _fields(ch))
             case _:
                 raise TypeError(f"no writer for {type(ch).__name__}")
 
@@ -500,31 +501,9 @@ def _resource_params(ch: ResourceSeen) -> dict[str, Any]:
     }
 
 
-def _admin_action_params(ch: AdminAction) -> dict[str, Any]:
-    return {
-        "event_id": ch.event_id,
-        "invoice_uuid": ch.invoice_uuid,
-        "action": ch.action,
-        "revision": ch.revision,
-        "actor": ch.actor,
-        "reason": ch.reason,
-        "at": ch.at,
-    }
-
-
-def _dead_letter_params(ch: DeadLettered) -> dict[str, Any]:
-    return {
-        "dedup_key": ch.dedup_key,
-        "dlq_topic": ch.dlq_topic,
-        "dlq_partition": ch.dlq_partition,
-        "dlq_offset": ch.dlq_offset,
-        "source_topic": ch.source_topic,
-        "source_partition": ch.source_partition,
-        "source_offset": ch.source_offset,
-        "error_class": ch.error_class,
-        "error_message": ch.error_message,
-        "service": ch.service,
-        "failed_at": ch.failed_at,
-        "record_key": ch.record_key,
-        "record_value": ch.record_value,
-    }
+def _fields(ch: AdminAction | DeadLettered) -> dict[str, Any]:
+    """A change whose statement's parameters are its own fields (plus, for a dead letter, its dedup key)."""
+    params = {f.name: getattr(ch, f.name) for f in dataclasses.fields(ch)}
+    if isinstance(ch, DeadLettered):
+        params["dedup_key"] = ch.dedup_key
+    return params
