@@ -95,7 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-interval", type=float, default=1.0, help="pipeline progress sampling period (s)")
     ap.add_argument("--ceiling-messages", type=int, default=200_000, help="messages/rows for the raw ceilings")
     ap.add_argument("--chain-lines", type=int, default=100_000, help="lines through the raw chain")
-    ap.add_argument("--stage-lines", type=int, default=50_000, help="cost lines for the projector's capacity")
+    ap.add_argument(
+        "--stage-lines", type=int, default=50_000, help="cost lines for the matcher's and the projector's capacity"
+    )
     ap.add_argument("--stage-invoices", type=int, default=200, help="invoices for the finance pusher's capacity")
     ap.add_argument("--api-rows", type=int, default=1_000_000, help="cost lines loaded for the API measurement")
     ap.add_argument("--api-requests", type=int, default=300, help="requests per API query shape")
@@ -171,8 +173,8 @@ def measure(
         c["csv_parser_lines_per_s"] = parser_bench(lines=min(20_000, args.ceiling_messages))["lines_per_s"]
         report["ceilings"] = c
     if not args.skip_stages:
-        say("stage capacity: projector, finance pusher")
-        report["stage_capacity"] = _stage_capacity(args, broker.bootstrap, pg, cleanup)
+        say("stage capacity: matcher, projector, finance pusher")
+        report["stage_capacity"] = _stage_capacity(args, broker.bootstrap, flavor, pg, cleanup)
     if not args.skip_pipeline:
         report["pipeline"] = _pipeline(args, report, work, flavor, broker, pg, cleanup, say)
     if not args.skip_api:
@@ -186,12 +188,17 @@ def measure(
         )
 
 
-def _stage_capacity(args: argparse.Namespace, bootstrap: str, pg: Any, cleanup: contextlib.ExitStack) -> dict[str, Any]:
-    """The projector's and the finance pusher's own capacity, each replaying a topic alone."""
+def _stage_capacity(
+    args: argparse.Namespace, bootstrap: str, flavor: Any, pg: Any, cleanup: contextlib.ExitStack
+) -> dict[str, Any]:
+    """The matcher's, the projector's and the finance pusher's own capacity, each replaying a topic alone."""
     from bench import stages
 
     invoices = max(1, args.stage_lines // 2500)
     return {
+        "matcher": stages.matcher_replay(
+            bootstrap, flavor, invoices=max(1, args.stage_lines // 500), lines=500, cleanup=cleanup
+        ),
         "projector": stages.projector_replay(
             bootstrap,
             pg.create_database("bench_projector"),

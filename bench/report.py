@@ -39,7 +39,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     stages_cap = report.get("stage_capacity")
     if stages_cap:
         t = Table("stage alone, from filled topics", "rate", title="Stage capacity")
-        p, f = stages_cap.get("projector", {}), stages_cap.get("finance_pusher", {})
+        m, p, f = (stages_cap.get(k, {}) for k in ("matcher", "projector", "finance_pusher"))
+        t.add_row("matcher (cost lines/s)", _n(m.get("lines_per_s")))
+        t.add_row("matcher (CPU µs per cost line)", _n(m.get("cpu_us_per_line")))
         t.add_row("projector (cost lines/s)", _n(p.get("lines_per_s")))
         t.add_row("finance pusher (invoices/s)", _n(f.get("invoices_per_s")))
         console.print(t)

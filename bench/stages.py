@@ -20,9 +20,10 @@ from typing import Any
 from pydantic import SecretStr
 
 from shared.db import connect, migrate
-from shared.devinfra import free_port, wait_for_port
+from shared.devinfra import KafkaFlavor, free_port, wait_for_port
 from shared.events import CostLine, CostLineMatched, InvoiceCompleted, InvoiceEnd, Reconciliation, encode
 from shared.kafka import StopSignal, create_topics
+from shared.kafka.admin import high_watermarks
 from shared.kafka.producer import EventProducer
 from shared.kafka.records import Out
 from shared.reconciliation import Expected, reconcile
@@ -158,6 +159,113 @@ def projector_replay(bootstrap: str, database_url: str, *, invoices: int = 20, l
         "seconds": round(done - first, 2),
         "lines_per_s": round(total / max(done - first, 1e-6)),
     }
+
+
+def seed_matcher_input(settings: Settings, invoices: int, lines: int) -> None:
+    """Each invoice's raw lines and end marker on the cost-lines topic, as the ingester writes them."""
+    p = settings.kafka_topic_prefix
+    producer = EventProducer(settings, "bench-seed")
+    recon = _proven(0, 0)
+    try:
+        for k in range(invoices):
+            inv = str(uuid.UUID(int=k + 1))
+            for i in range(lines):
+                producer.produce(Out(COST_LINES.name(p), inv, encode(_matched_line(inv, i).line, ACCOUNT)))
+            end = InvoiceEnd(
+                invoice_uuid=inv,
+                revision=1,
+                period="2026-04-01",
+                invoice_date=date(2026, 5, 1),
+                line_count=lines,
+                amount_net_minor=1234 * lines,
+                amount_tax_minor=0,
+                amount_gross_minor=1234 * lines,
+                csv_sha256="0" * 64,
+                parser_version="bench",
+                reconciliation=recon,
+            )
+            producer.produce(Out(COST_LINES.name(p), inv, encode(end, ACCOUNT)))
+        producer.flush(120)
+    finally:
+        producer.close()
+
+
+def matcher_replay(
+    bootstrap: str,
+    flavor: KafkaFlavor,
+    *,
+    invoices: int = 40,
+    lines: int = 500,
+    cleanup: contextlib.ExitStack | None = None,
+) -> dict[str, Any]:
+    """Cost lines per second, and CPU µs per line, of the matcher (a process, as in production) over a
+    cost-lines topic filled beforehand: from its first output to its last completion."""
+    import psutil
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    settings = Settings(
+        _env_file=None,
+        kafka_bootstrap_servers=bootstrap,
+        kafka_broker_flavor=flavor,
+        kafka_topic_prefix=prefix,
+        kafka_partitions=3,
+    )
+    create_topics(settings)
+    seed_matcher_input(settings, invoices, lines)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MATCHER_"))} | {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_BROKER_FLAVOR": flavor,
+        "KAFKA_TOPIC_PREFIX": prefix,
+        "KAFKA_PARTITIONS": "3",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        "CLOUDBILL_DEV_ENV": "off",
+        "LOG_LEVEL": "WARNING",
+        "METRICS_PORT": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudbill", "run", "matcher"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if cleanup is not None:
+        cleanup.callback(stop_process, proc)
+    ps = psutil.Process(proc.pid)
+    matched_topic, completed_topic = COST_LINES_MATCHED.name(prefix), INVOICE_COMPLETED.name(prefix)
+    first: tuple[float, float, int] | None = None
+    done: tuple[float, float, int] | None = None
+    last, last_change = -1, time.perf_counter()
+    try:
+        while time.perf_counter() - last_change < STALL_S and proc.poll() is None:
+            matched = sum(high_watermarks(settings, matched_topic).values())
+            completed = sum(high_watermarks(settings, completed_topic).values())
+            now = time.perf_counter()
+            if matched + completed != last:
+                last, last_change = matched + completed, now
+            if first is None and matched:
+                first = (now, _cpu_s(ps), matched)
+            if completed >= invoices:
+                done = (now, _cpu_s(ps), matched)
+                break
+            time.sleep(0.1)
+    finally:
+        stop_process(proc)
+    if first is None or done is None or done[2] <= first[2]:
+        return {"lines": invoices * lines, "complete": False}
+    n, seconds = done[2] - first[2], done[0] - first[0]
+    return {
+        "lines": invoices * lines,
+        "complete": True,
+        "seconds": round(seconds, 2),
+        "lines_per_s": round(n / max(seconds, 1e-6)),
+        "cpu_us_per_line": round((done[1] - first[1]) / n * 1e6),
+    }
+
+
+def _cpu_s(ps: Any) -> float:
+    t = ps.cpu_times()
+    return float(t.user + t.system)
 
 
 def seed_pusher_input(settings: Settings, invoices: int) -> None:

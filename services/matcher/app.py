@@ -4,10 +4,11 @@
   Every worker reads every partition of its changelog (lines are keyed by invoice, resources by resource:
   they are not co-partitioned), and keeps a local (account, kind, name) index fed from the table's
   changelog events and from its own writes.
-- `lines` agent: billing.cost-lines → one CostLineMatched per line, and InvoiceCompleted once a revision's
-  marker and all its lines are in. The state is per-line facts, a completed record per revision and a
-  waiting record per invoice (tables `line-facts`, `revisions-completed`, `revisions-waiting`); why that is
-  correct is in services/matcher/domain/assembly.py and docs/architecture.md.
+- `lines` agent: billing.cost-lines, in batches (`take_events`) → one CostLineMatched per line, and
+  InvoiceCompleted once a revision's marker and all its lines are in. The state is line facts in chunks, a
+  completed record per revision and a waiting record per invoice (tables `line-fact-chunks`,
+  `revisions-completed`, `revisions-waiting`); why that is correct is in services/matcher/domain/assembly.py
+  and docs/architecture.md.
 - Poison records go to the source topic's DLQ with shared.kafka.deadletter's headers; they never crash
   an agent. Anything else an agent raises (the broker failing) ends the process (see runtime.py).
 
@@ -39,7 +40,7 @@ from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports i
 from prometheus_client import Gauge
 
 from services.matcher import faust_patches, handler
-from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, LineFact, Waiting, assembly
+from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, Waiting, assembly
 from services.matcher.options import (
     COMPLETED_TABLE,
     FACTS_TABLE,
@@ -273,9 +274,9 @@ class _Tables:
     def completed(self, revision_key: str) -> Completed | None:
         return Completed.from_json(self.completed_by_revision.get(revision_key))
 
-    def fact(self, fact_key: str) -> LineFact | None:
-        v = self.facts.get(fact_key)
-        return None if v is None else LineFact.from_json(v)
+    def fact_chunk(self, chunk_key: str) -> Mapping[str, list[int]] | None:
+        v: Mapping[str, list[int]] | None = self.facts.get(chunk_key)
+        return v
 
     def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
         return assembly.waiting_from_json(self.waiting_by_invoice.get(invoice_uuid))
@@ -300,6 +301,7 @@ def _faust_app(settings: Settings, options: MatcherOptions) -> SupervisedApp:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_max_batch_size=options.producer_max_batch_size or None,
+        producer_linger=options.producer_linger_s,
         producer_acks=-1,
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
@@ -330,7 +332,8 @@ def create_app(
     tables = _Tables(app, settings.kafka_partitions, index)
     progress = watch or ProgressWatch(0)
     inventory_agent = _inventory_agent(app, resources_topic, topics, tables, index, gate)
-    lines_agent = _lines_agent(app, settings, topics, tables, index, _LinesGate(app, resources_topic, gate), progress)
+    lines_gate = _LinesGate(app, resources_topic, gate)
+    lines_agent = _lines_agent(app, settings, options, topics, tables, index, lines_gate, progress)
     timer = _waiting_metrics(app, tables)
     _restart_stall_clock_on_rebalance(app, progress)
     log.debug("agents: %s, %s; timer %s", inventory_agent.name, lines_agent.name, timer)  # registered
@@ -383,6 +386,7 @@ class _LinesGate:
 def _lines_agent(
     app: SupervisedApp,
     settings: Settings,
+    options: MatcherOptions,
     topics: _Topics,
     tables: _Tables,
     index: InventoryIndex,
@@ -396,46 +400,55 @@ def _lines_agent(
 
     @app.agent(lines_topic, name="lines", concurrency=1)
     async def lines_agent(stream: Any) -> None:
-        async for event in stream.events():
+        # A batch: up to batch_max records, or what arrived within batch_wait_s. faust acks its events only
+        # after the body has run, so no offset is committed before its batch's writes are buffered.
+        async for events in stream.take_events(options.batch_max, within=options.batch_wait_s):
             await gate.wait()
-            rec = _record(event)
-            try:
-                step = handler.cost_line_record(
-                    rec,
+            for partition_events in _by_partition(events):
+                effects = handler.cost_lines(
+                    [_record(e) for e in partition_events],
                     index,
                     tables,
                     matched_topic=matched_topic.get_topic_name(),
                     completed_topic=completed_topic.get_topic_name(),
                 )
-            except Exception as e:  # poison: never blocks the partition
-                topics.dead_letter(rec, e)
-                continue
-            await _apply_step(app, topics, tables, step)
+                with faust_patches.table_writes_to_partition_of(partition_events[-1]):
+                    await _apply_effects(app, topics, tables, effects)
             progress.processed()
 
     return lines_agent
 
 
-async def _apply_step(app: SupervisedApp, topics: _Topics, tables: _Tables, step: handler.Step) -> None:
-    """A cost-lines record's effects, in handler.Step's order. One await: the completed record's delivery."""
-    topics.send(step.outs)
-    for key, fact in step.facts.items():
-        tables.facts[key] = fact
-    if step.completed is not None:
-        key, value = step.completed
-        tables.completed_by_revision[key] = value
+def _by_partition(events: list[Any]) -> list[list[Any]]:
+    """A batch's events per source partition, each in offset order: a partition's table writes go to its
+    changelog partition (the invoice's records and state live in one partition)."""
+    groups: dict[int, list[Any]] = {}
+    for e in events:
+        groups.setdefault(e.message.partition, []).append(e)
+    return list(groups.values())
+
+
+async def _apply_effects(app: SupervisedApp, topics: _Topics, tables: _Tables, fx: handler.Effects) -> None:
+    """A batch's effects, in handler.Effects's order. One await: the completed records' delivery."""
+    topics.send(fx.outs)
+    for rec, error in fx.dead:  # poison: never blocks the partition
+        topics.dead_letter(rec, error)
+    for key, chunk in fx.fact_chunks.items():
+        tables.facts[key] = chunk
+    if fx.completed:
+        for key, value in fx.completed.items():
+            tables.completed_by_revision[key] = value
         # Durable before any fact is deleted: a crash must never leave facts gone and no completion.
         await app.producer.buffer.flush()
-    for key in step.delete_facts:
+    for key in fx.delete_chunks:
         if key in tables.facts:
             del tables.facts[key]
-    if step.waiting is not None:
-        waiting_key, waiting = step.waiting
+    for invoice, waiting in fx.waiting.items():
         if waiting is not None:
-            tables.waiting_by_invoice[waiting_key] = waiting
-            log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", waiting_key, waiting)
-        elif waiting_key in tables.waiting_by_invoice:
-            del tables.waiting_by_invoice[waiting_key]
+            tables.waiting_by_invoice[invoice] = waiting
+            log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", invoice, waiting)
+        elif invoice in tables.waiting_by_invoice:
+            del tables.waiting_by_invoice[invoice]
 
 
 def _waiting_metrics(app: SupervisedApp, tables: _Tables) -> Any:

@@ -20,11 +20,14 @@ on the broker. 6 is not needed there (ListOffsets is exact) and not enabled (`us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import faust
+import faust.streams
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -127,6 +130,23 @@ def record_dropped_by(app: faust.App) -> str | None:
     """`dropped_record` of the app's consumer, if it has one: the private `_consumer`, because the public
     `consumer` property would create a consumer on a worker that never started one."""
     return dropped_record(app._consumer)
+
+
+@contextlib.contextmanager
+def table_writes_to_partition_of(event: Any) -> Iterator[None]:
+    """Table writes in the block go to the changelog partition of `event`'s record.
+
+    faust takes a write's partition from the current event (`Table.partition_for_key` reads the context
+    variable `faust.streams._current_event`); the body of a `take_events` batch has none (a background
+    processor buffers the events) and a batch may hold several partitions. The app groups a batch by
+    partition and writes each group under one of its events. Only this task's context variable is set: the
+    stream's own `current_event`, which the buffering processor reads, is left alone.
+    """
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
 
 
 def use_fetch_side_end_offsets(app: Any, end_offsets: Callable[[str], Mapping[int, int]]) -> None:

@@ -261,7 +261,7 @@ def test_no_table_reads_its_own_changelog_back_after_recovery() -> None:
     s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
     app = create_app(s, MatcherOptions(_env_file=None), InventoryGate({}, 0))
     tables = {t.name: t.recovery_buffer_size for t in app.tables.values()}
-    assert set(tables) == {"inventory", "line-facts", "revisions-completed", "revisions-waiting"}
+    assert set(tables) == {"inventory", "line-fact-chunks", "revisions-completed", "revisions-waiting"}
     assert all(size > 1 for size in tables.values()), tables
 
 
@@ -447,3 +447,27 @@ def test_importing_the_matcher_patches_nothing_and_a_worker_refuses_to_run_unpat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_table_writes_go_to_the_changelog_partition_of_the_given_event() -> None:
+    """A `take_events` body has no current event: the app names one per partition group (app._by_partition)."""
+    import contextvars
+
+    import faust.streams
+    from faust.tables.base import Collection
+
+    class Event:
+        def __init__(self, partition: int) -> None:
+            self.message = SimpleNamespace(topic="t", partition=partition)
+
+    assert isinstance(faust.streams._current_event, contextvars.ContextVar)
+    source = inspect.getsource(Collection.partition_for_key)
+    assert "event = current_event()" in source and "return event.message.partition" in source
+    event = Event(2)
+    assert faust.streams.current_event() is None
+    with faust_patches.table_writes_to_partition_of(event):
+        assert faust.streams.current_event() is event
+        with faust_patches.table_writes_to_partition_of(Event(0)):
+            assert faust.streams.current_event().message.partition == 0
+        assert faust.streams.current_event() is event
+    assert faust.streams.current_event() is None
