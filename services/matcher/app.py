@@ -32,7 +32,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from services.matcher.options import (
     app_id_of,
     changelog_topic_names,
 )
+from services.matcher.outputs import Outputs
 from services.matcher.runtime import SupervisedApp
 from shared.kafka.admin import admin, ensure_topics, group_lag, high_watermarks
 from shared.kafka.deadletter import dead_letter
@@ -227,11 +228,16 @@ def _record(event: Any) -> Record:
 
 
 class _Topics:
-    """Every topic shared with other services, declared once: raw bytes both ways (we decode/encode the envelope)."""
+    """Every topic shared with other services, declared once: raw bytes both ways (we decode/encode the envelope).
 
-    def __init__(self, app: SupervisedApp) -> None:
+    Records are sent through `Outputs` (librdkafka), created on first use so that an app built and never
+    run (tests) opens no connection; their delivery gates the next offset commit (faust_patches 2)."""
+
+    def __init__(self, app: SupervisedApp, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
         self.declared: dict[str, Any] = {}
+        self._outputs: Outputs | None = None
 
     def __call__(self, name: str) -> Any:
         if name not in self.declared:
@@ -240,12 +246,17 @@ class _Topics:
             )
         return self.declared[name]
 
-    def send(self, outs: Iterable[Out]) -> None:
-        """Into faust's producer buffer, like table writes: no await per record, and a failed delivery fails
-        the next offset commit (faust_patches 2), so the records that produced it are processed again."""
-        for o in outs:
-            headers = [(k, v.encode()) for k, v in o.headers.items()]
-            self(o.topic).send_soon(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
+    def send(self, outs: Sequence[Out]) -> None:
+        """No await per record: a failed delivery fails the next offset commit, so the records that produced
+        it are processed again."""
+        if not outs:
+            return
+        if self._outputs is None:
+            self._outputs = Outputs(self.settings, f"{self.app.conf.id}-outputs")
+            self.app.on_worker_stopped.append(self._outputs.close)
+        fut = self._outputs.send(outs)
+        if fut is not None:
+            faust_patches.track_delivery(self.app, fut)
 
     def dead_letter(self, rec: Record, error: Exception) -> None:
         self.send([dead_letter(rec, error, SERVICE)])
@@ -326,7 +337,7 @@ def create_app(
     """
     p = settings.kafka_topic_prefix
     app = _faust_app(settings, options)
-    topics = _Topics(app)
+    topics = _Topics(app, settings)
     resources_topic = topics(RESOURCES.name(p))
     index = InventoryIndex()
     tables = _Tables(app, settings.kafka_partitions, index)

@@ -40,6 +40,7 @@ PATCHED_FOR = "0.15.3"  # the patches replace private faust code: re-check each 
 _PATCHED = "_cloudbill_patched"  # on a replacement: it is ours
 _ORIGINAL = "_cloudbill_original"  # on a replacement: the faust member it replaced
 _DELIVERIES = "_cloudbill_deliveries"
+_EXTERNAL = "_cloudbill_external_deliveries"
 _FETCHED = "_cloudbill_fetched"
 _DROPPED = "_cloudbill_dropped"
 _END_OFFSETS = "_cloudbill_end_offsets"
@@ -98,6 +99,17 @@ def _attached(obj: Any, key: str, make: Callable[[], T]) -> T:
 
 def deliveries(buffer: Any) -> Deliveries:
     return _attached(buffer, _DELIVERIES, Deliveries)
+
+
+def external_deliveries(buffer: Any) -> Deliveries:
+    """Records produced outside faust (services/matcher/outputs.py) that the buffer's flush waits for."""
+    return _attached(buffer, _EXTERNAL, Deliveries)
+
+
+def track_delivery(app: Any, fut: asyncio.Future[Any]) -> None:
+    """`app`'s next offset commit waits until `fut` (records produced outside faust) is resolved; its failure
+    fails that commit (fix 2), so the records that produced them are processed again."""
+    external_deliveries(app.producer.buffer).track(fut)
 
 
 def fetched(consumer: Any) -> dict[Any, set[int]]:
@@ -238,7 +250,9 @@ def fix_commit_across_transaction_markers() -> None:
 def fix_changelog_delivered_before_commit() -> None:
     """Fix 2: a commit's producer flush waits until every buffered message is delivered.
 
-    A table write goes to the producer buffer (`send_soon`); a commit first calls `producer.flush()`, but the
+    The matcher's output records, produced outside faust (services/matcher/outputs.py), are tracked the same
+    way (`track_delivery`). A table write goes to the producer buffer (`send_soon`); a commit first calls
+    `producer.flush()`, but the
     buffer's flush gives up after 0.1 s without a sent message and never counts the message its sender task is
     handing to aiokafka. So a source offset could be committed while the changelog record of the state it
     produced was still unsent; a crash then lost that state for good (the record is not redelivered, the
@@ -262,6 +276,8 @@ def fix_changelog_delivered_before_commit() -> None:
         await original_flush(self)
         if not self.should_stop:  # stopping: the sender task is gone, unsent messages would never resolve
             await deliveries(self).wait()
+        # Records produced outside faust resolve on their own thread, also while faust stops.
+        await external_deliveries(self).wait()
 
     _replace(ProducerBuffer, "put", put)
     _replace(ProducerBuffer, "flush", flush)

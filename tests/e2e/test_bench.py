@@ -63,7 +63,7 @@ def test_tiny_run_writes_the_report_and_stops_everything(tmp_path: Path) -> None
     for k in ("produce_msgs_per_s", "consume_msgs_per_s", "copy_rows_per_s", "chain_lines_per_s"):
         assert c[k] > 0, k
     m = report["stage_capacity"]["matcher"]
-    assert m["complete"] is True and m["lines"] == 1000 and m["lines_per_s"] > 0 and m["cpu_us_per_line"] > 0
+    assert m["complete"] is True and m["lines"] == 1000 and m["lines_per_s"] > 0
     p = report["pipeline"]
     assert p["complete"] is True
     assert p["invoices_expected"] == p["invoices_pushed"] == p["finance_rows"] == 3

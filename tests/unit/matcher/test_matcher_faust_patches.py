@@ -7,6 +7,7 @@ import inspect
 import subprocess
 import sys
 import textwrap
+import time
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -135,6 +136,33 @@ def test_flush_fails_when_a_buffered_message_was_not_delivered() -> None:
     error, second = asyncio.run(scenario())
     assert "1 buffered message(s) not delivered" in error and "broker gone" in error
     assert second is None
+
+
+def test_flush_waits_for_records_produced_outside_faust_even_while_stopping() -> None:
+    """The matcher's outputs (librdkafka, services/matcher/outputs.py) gate the commit like table writes; their
+    futures resolve on their own thread, so the flush waits for them also while faust stops."""
+    faust_patches.apply_all()
+
+    async def scenario() -> tuple[float, str]:
+        buf = _buffer()
+        app = SimpleNamespace(producer=SimpleNamespace(buffer=buf))
+        await buf.start()
+        loop = asyncio.get_running_loop()
+        ok, bad = loop.create_future(), loop.create_future()
+        faust_patches.track_delivery(app, ok)
+        faust_patches.track_delivery(app, bad)
+        loop.call_later(0.2, ok.set_result, None)
+        loop.call_later(0.3, bad.set_exception, OSError("not delivered"))
+        buf._stopped.set()  # stopping: faust's own sends are not waited for, these are
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(buf.flush(), timeout=5)
+        except faust_patches.ChangelogNotDelivered as e:
+            return time.monotonic() - started, str(e)
+        return time.monotonic() - started, ""
+
+    waited, error = asyncio.run(scenario())
+    assert waited >= 0.25 and "1 buffered message(s) not delivered" in error and "not delivered" in error
 
 
 def test_flush_does_not_wait_while_stopping() -> None:
