@@ -4,7 +4,7 @@
   Every worker reads every partition of its changelog (lines are keyed by invoice, resources by resource:
   they are not co-partitioned), and keeps a local (account, kind, name) index fed from the table's
   changelog events and from its own writes.
-- `lines` agent: billing.cost-lines, in batches (`take_events`) → one CostLineMatched per line, and
+- `lines` agent: billing.cost-lines, in batches → one CostLineMatched per line, and
   InvoiceCompleted once a revision's marker and all its lines are in. The state is line facts in chunks, a
   completed record per revision and a waiting record per invoice (tables `line-fact-chunks`,
   `revisions-completed`, `revisions-waiting`); why that is correct is in services/matcher/domain/assembly.py
@@ -411,11 +411,24 @@ def _lines_agent(
 
     @app.agent(lines_topic, name="lines", concurrency=1)
     async def lines_agent(stream: Any) -> None:
-        # A batch: up to batch_max records, or what arrived within batch_wait_s. faust acks its events only
-        # after the body has run, so no offset is committed before its batch's writes are buffered.
-        async for events in stream.take_events(options.batch_max, within=options.batch_wait_s):
+        # A batch: the records that arrive within batch_wait_s of its first one (at most batch_max); it is
+        # processed as soon as nothing more is ready by then. Acks are ours: an event is acked once its batch
+        # is applied, so no offset is committed before its batch's writes are buffered (faust_patches 2 waits
+        # for them), and a batch cancelled half-way (a stop) is not acked at all. Not faust's `take_events`:
+        # its `finally` acks every event of the batch it yielded when the body is cancelled, later partitions
+        # of the batch unprocessed; a stop then lost whole invoices (tests/e2e/test_broker_faults.py, rebalance).
+        stream.enable_acks = False
+        pending = stream.channel.queue
+        batch: list[Any] = []
+        started = 0.0
+        async for event in stream.events():
+            if not batch:
+                started = time.monotonic()
+            batch.append(event)
+            if len(batch) < options.batch_max and await _more_soon(pending, started + options.batch_wait_s):
+                continue
             await gate.wait()
-            for partition_events in _by_partition(events):
+            for partition_events in _by_partition(batch):
                 effects = handler.cost_lines(
                     [_record(e) for e in partition_events],
                     index,
@@ -425,9 +438,22 @@ def _lines_agent(
                 )
                 with faust_patches.table_writes_to_partition_of(partition_events[-1]):
                     await _apply_effects(app, topics, tables, effects)
+            for e in batch:
+                await stream.ack(e)
+            batch = []
             progress.processed()
 
     return lines_agent
+
+
+async def _more_soon(queue: Any, deadline: float) -> bool:
+    """Whether another record is (or, before `deadline`, becomes) ready in the stream's queue."""
+    while queue.empty():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(left, 0.005))
+    return True
 
 
 def _by_partition(events: list[Any]) -> list[list[Any]]:

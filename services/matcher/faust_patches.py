@@ -149,10 +149,10 @@ def table_writes_to_partition_of(event: Any) -> Iterator[None]:
     """Table writes in the block go to the changelog partition of `event`'s record.
 
     faust takes a write's partition from the current event (`Table.partition_for_key` reads the context
-    variable `faust.streams._current_event`); the body of a `take_events` batch has none (a background
-    processor buffers the events) and a batch may hold several partitions. The app groups a batch by
-    partition and writes each group under one of its events. Only this task's context variable is set: the
-    stream's own `current_event`, which the buffering processor reads, is left alone.
+    variable `faust.streams._current_event`): the last event the stream yielded, while the app writes a batch
+    that may hold several partitions. The app groups a batch by partition and writes each group under one of
+    its events. Only this task's context variable is set (and restored): the stream's own `current_event`
+    is left alone.
     """
     token = faust.streams._current_event.set(weakref.ref(event))
     try:

@@ -99,7 +99,7 @@ class Outputs:
                 time.sleep(0.01)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (bounded), then stop the report thread. Idempotent."""
+        """Deliver what is queued (bounded), stop the report thread, release the client. Idempotent."""
         if self._stop.is_set():
             return
         remaining = self._producer.flush(timeout)
@@ -107,3 +107,4 @@ class Outputs:
             log.warning("%d output record(s) not delivered at close: their batches are processed again", remaining)
         self._stop.set()
         self._thread.join(timeout)
+        self._producer.close()  # its connections and threads now, not when the app is garbage-collected

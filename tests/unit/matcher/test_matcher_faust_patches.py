@@ -478,7 +478,7 @@ def test_importing_the_matcher_patches_nothing_and_a_worker_refuses_to_run_unpat
 
 
 def test_table_writes_go_to_the_changelog_partition_of_the_given_event() -> None:
-    """A `take_events` body has no current event: the app names one per partition group (app._by_partition)."""
+    """A batch may hold several partitions: the app names an event per partition group (app._by_partition)."""
     import contextvars
 
     import faust.streams
