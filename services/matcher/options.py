@@ -41,7 +41,7 @@ class MatcherOptions(BaseSettings):
     producer_linger_s: float = Field(
         0.005,
         ge=0,
-        description="How long the producer waits to fill a batch: a produce request per few ms, not one per record.",
+        description="How long faust's producer (table changelogs) waits to fill a batch.",
     )
     batch_max: int = Field(
         1000, ge=1, description="Cost-lines records processed as one batch at most (one write per fact chunk)."

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from services.matcher.options import MatcherOptions
 from shared.settings import Settings
 
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -9,7 +10,8 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 
 def test_every_setting_is_in_the_configuration_table() -> None:
     text = README.read_text()
-    missing = [n.upper() for n in Settings.model_fields if f"| `{n.upper()}` |" not in text]
+    names = [n.upper() for n in Settings.model_fields] + [f"MATCHER_{n.upper()}" for n in MatcherOptions.model_fields]
+    missing = [n for n in names if f"| `{n}` |" not in text]
     assert not missing, f"README configuration table lacks {missing}"
 
 
