@@ -18,11 +18,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cloudbill demo $(if $(KAFKA),--kafka $(KAFKA))
 
+# The suite on TEST_WORKERS pytest-xdist workers (each its own broker and PostgreSQL; the e2e tests share one
+# worker, tests/conftest.py). TEST_WORKERS=0 runs it in this process, one test after another.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -110,9 +110,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"broker: {text}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the `xdist_group` marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Full-size runs are on demand (`make test-scale`): the suite runs their bounded variant.
     # They are deselected, not skipped: a skip in the suite's summary would read as a broker test not run.
+    # `make test` runs on pytest-xdist workers with `--dist loadgroup`: the e2e tests (each a whole stack of
+    # OS processes that keeps both cores busy) form one group, so they run one after another on one worker
+    # while the other workers take the integration and unit tests, which mostly wait on the broker.
     run_scale = bool(os.environ.get("CLOUDBILL_SCALE")) or "scale" in (config.getoption("markexpr") or "")
     kept, full_size = [], []
     for item in items:
@@ -121,6 +125,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if "/e2e/" in path:
             item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.xdist_group("e2e"))
         (full_size if item.get_closest_marker("scale") and not run_scale else kept).append(item)
     if full_size:
         config.hook.pytest_deselected(items=full_size)
