@@ -129,6 +129,47 @@ def record_dropped_by(app: faust.App) -> str | None:
     return dropped_record(app._consumer)
 
 
+def flow_state(app: faust.App) -> list[str]:
+    """faust's view of each assigned partition, one line each, for a stall report (runtime.py logs it).
+
+    Why a partition with records waiting gets nothing: not assigned, paused (recovery), out of the fetched
+    set (`active`; faust drops a partition whose channel queue is under pressure and re-adds it from the
+    queue's pressure-drop callbacks), or fetched and not acked (`unacked floor`). Read-only; never raises
+    (a member missing after an upgrade reads as `?`).
+    """
+    consumer: Any = app._consumer  # faust's Consumer: its private members are read below
+    if consumer is None:
+        return ["no consumer"]
+    try:
+        conductor: Any = app.topics
+        assigned = sorted(consumer.assignment())
+        active = consumer._active_partitions
+        lines = []
+        for tp in assigned:
+            flags = [
+                "active" if active is None or tp in active else "not-fetched",
+                *(["paused"] if tp in consumer._paused_partitions else []),
+                *(["buffered"] if tp in consumer._buffered_partitions else []),
+            ]
+            lines.append(
+                f"{tp.topic}[{tp.partition}] {' '.join(flags)} read={consumer._read_offset.get(tp)} "
+                f"committed={consumer._committed_offset.get(tp)} unacked-floor={unprocessed_floor(consumer, tp)}"
+            )
+        for name, channels in sorted(conductor._topic_name_index.items()):
+            for ch in channels:
+                q = ch.queue
+                lines.append(
+                    f"channel {name}: queued={q.qsize()}/{q.maxsize} "
+                    f"pressure-drop-callbacks={len(q._pending_pressure_drop_callbacks)}"
+                )
+        lines.append(
+            f"consumer flow active={consumer.flow_active}, app flow control active={app.flow_control.is_active()}"
+        )
+        return lines
+    except Exception as e:  # diagnostics must never hide the stall they describe
+        return [f"? ({type(e).__name__}: {e})"]
+
+
 def use_fetch_side_end_offsets(app: Any, end_offsets: Callable[[str], Mapping[int, int]]) -> None:
     """Table recovery of `app` reads each changelog to `end_offsets(topic)` ({partition: next offset}) at least."""
     app.__dict__[_END_OFFSETS] = end_offsets

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ async def _supervise(
         if probe is not None and (reason := await probe.check(loop)):
             outcome.crashed = WorkerStalled(reason)
             log.error("faust worker stalled: %s", reason)
+            _log_stall_state(app)
             break
         if started.done():
             exc = None if started.cancelled() else started.exception()
@@ -163,6 +165,39 @@ async def _supervise(
     if not started.done():
         started.cancel()
         await asyncio.wait({started}, timeout=1.0)
+
+
+def _log_stall_state(app: SupervisedApp) -> None:
+    """Before a stalled worker ends: faust's view of its partitions, and where each task is waiting.
+
+    A stall is rare and gone after the restart; this is what is left to explain it.
+    """
+    for line in faust_patches.flow_state(app):
+        log.error("stall: %s", line)
+    for name, agent in sorted(app.agents.items()):
+        for tb in agent.actor_tracebacks():
+            log.error("stall: agent %s waits in %s", name, _innermost(tb))
+    for task in asyncio.all_tasks():
+        log.error("stall: task %s waits in %s", task.get_name(), _await_chain(task.get_coro()))
+
+
+def _innermost(traceback: str) -> str:
+    """mode's formatted coroutine stack (`File "f", line n, in name` lines) → `outer > ... > inner (f:n)`."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback)
+    if not frames:
+        return traceback.strip() or "?"
+    file, line, _ = frames[-1]
+    return f"{' > '.join(name for _, _, name in frames)} ({file}:{line})"
+
+
+def _await_chain(coro: Any) -> str:
+    """`outer > ... > innermost file:line`: what a suspended coroutine awaits, down to where it is parked."""
+    names, where = [], "?"
+    while coro is not None and (frame := getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)):
+        names.append(frame.f_code.co_name)
+        where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return f"{' > '.join(names) or '?'} ({where})"
 
 
 def _teardown(loop: asyncio.AbstractEventLoop) -> None:

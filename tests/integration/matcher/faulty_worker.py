@@ -2,7 +2,8 @@
 
 `python -m tests.integration.matcher.faulty_worker raise|hang DATADIR` with the test's settings in the environment:
 `raise` makes the agent raise on its first message; `hang` makes it refuse to stop (ignores cancellation);
-`drop` acks every record but the first, which is what faust does to a record it drops after a rebalance.
+`drop` acks every record but the first, which is what faust does to a record it drops after a rebalance;
+`stall` holds its first record forever (cancellable) under a liveness probe that reports a stall once it has it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def build(settings: Settings, mode: str) -> SupervisedApp:
         datadir=str(Path(sys.argv[2]) / "faust"),
     )
     topic = app.topic(HISTORY.name(settings.kafka_topic_prefix), key_type=bytes, value_type=bytes)
+    app.holding = asyncio.Event()  # type: ignore[attr-defined]  # `stall`: set once the agent holds a record
 
     @app.agent(topic, concurrency=1)
     async def faulty(stream: Any) -> None:
@@ -49,6 +51,9 @@ def build(settings: Settings, mode: str) -> SupervisedApp:
                 first = False
             return
         async for _value in stream:
+            if mode == "stall":
+                app.holding.set()  # type: ignore[attr-defined]
+                await asyncio.sleep(3600)
             if mode == "raise":
                 raise RuntimeError("boom: the agent failed on purpose")
             print("faulty worker: got a record, now refusing to stop", flush=True)
@@ -67,7 +72,14 @@ def main() -> None:
     cblog.setup("faulty", "console", "INFO")
     stop = StopSignal().install()
     faust_patches.apply_all()  # as services.matcher.main.run does: `drop` relies on fix 3 reporting the drop
-    supervise(build(settings, mode), stop, 3.0, as_process=True)
+    app = build(settings, mode)
+    liveness = None
+    if mode == "stall":
+
+        def liveness() -> str | None:
+            return "1 record waiting, none processed (on purpose)" if app.holding.is_set() else None  # type: ignore[attr-defined]
+
+    supervise(app, stop, 3.0, as_process=True, liveness=liveness, liveness_every_s=0.5)
 
 
 if __name__ == "__main__":

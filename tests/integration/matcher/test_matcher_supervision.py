@@ -81,3 +81,20 @@ def test_a_record_skipped_by_faust_holds_the_commit_and_ends_the_worker(
     assert "offset 0 was fetched but never processed while 2 later record(s) were" in text
     lags = group_lag(s, f"{s.kafka_topic_prefix}faulty-drop", [HISTORY.name(s.kafka_topic_prefix)])
     assert sum(pl.lag for pl in lags) == 3, lags  # nothing committed past the skipped record: a restart re-reads it
+
+
+def test_a_stalled_worker_ends_and_leaves_fausts_view_of_its_partitions_in_the_log(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """The only trace a rare stall leaves: which partitions faust fetched, paused or dropped, and where each task
+    waited, logged before the worker ends (services/matcher/runtime.py)."""
+    s = kafka_settings
+    _publish_one(s)
+    code, text = _run_until_exit(s, "stall", tmp_path)
+    assert code == EXIT_CRASHED, text
+    assert "WorkerStalled: 1 record waiting, none processed (on purpose)" in text
+    topic = HISTORY.name(s.kafka_topic_prefix)
+    assert f"stall: {topic}[0] active read=" in text, text
+    assert f"stall: channel {topic}: queued=0/" in text, text
+    assert "stall: consumer flow active=True, app flow control active=True" in text, text
+    assert "stall: agent " in text and "faulty > sleep (" in text, text  # the agent, parked in its sleep

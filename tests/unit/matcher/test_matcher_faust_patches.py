@@ -411,6 +411,11 @@ def test_private_members_the_fixes_read_exist_on_a_real_matcher_app() -> None:
         assert isinstance(app.consumer_generation_id, int)
         assert callable(app.flow_control.resume) and callable(app.assignor.assigned_standbys)
         assert callable(app.on_rebalance_end) and callable(app.on_rebalance_complete.send)
+        # flow_state's reads
+        assert isinstance(consumer._paused_partitions, set) and isinstance(consumer._buffered_partitions, set)
+        assert consumer._active_partitions is None or isinstance(consumer._active_partitions, set)
+        assert isinstance(consumer.flow_active, bool) and isinstance(app.topics._topic_name_index, defaultdict)
+        assert callable(app.flow_control.is_active)
 
     asyncio.run(inspect_app())
 
@@ -425,6 +430,38 @@ def test_record_dropped_by_reads_the_apps_consumer() -> None:
     app._consumer = state
     reason = faust_patches.record_dropped_by(app)  # type: ignore[arg-type]
     assert reason is not None and "offset 4 was fetched but never processed" in reason
+
+
+def test_flow_state_names_a_partition_faust_stopped_fetching_and_its_queue_under_pressure() -> None:
+    """The stall report: a partition taken out of the fetched set by queue pressure is visible as such."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    faust_patches.apply_all()
+
+    async def report() -> list[str]:
+        t0, t1 = TP("billing.cost-lines.v1", 0), TP("billing.cost-lines.v1", 1)
+        consumer = _consumer_state()
+        consumer.assignment = lambda: {t0, t1}
+        consumer._active_partitions, consumer._paused_partitions, consumer._buffered_partitions = {t1}, set(), {t0}
+        consumer._read_offset = defaultdict(lambda: None, {t0: 724, t1: 10})
+        consumer._committed_offset.update({t0: 700, t1: 10})
+        consumer.flow_active = True
+        _fetch_and_ack(consumer, t0, list(range(700, 724)), [], committed=700)
+        queue: FlowControlQueue[int] = FlowControlQueue(maxsize=10, flow_control=FlowControlEvent())
+        for i in range(9):
+            queue.put_nowait_enhanced(i, on_pressure_high=lambda: None, on_pressure_drop=lambda: None)
+        topics = SimpleNamespace(_topic_name_index=defaultdict(list, {t0.topic: [SimpleNamespace(queue=queue)]}))
+        app = SimpleNamespace(_consumer=consumer, topics=topics, flow_control=FlowControlEvent())
+        return faust_patches.flow_state(app)  # type: ignore[arg-type]
+
+    lines = asyncio.run(report())
+    assert lines[0] == "billing.cost-lines.v1[0] not-fetched buffered read=724 committed=700 unacked-floor=700"
+    assert lines[1] == "billing.cost-lines.v1[1] active read=10 committed=10 unacked-floor=None"
+    assert lines[2] == "channel billing.cost-lines.v1: queued=9/10 pressure-drop-callbacks=1"
+    assert lines[3] == "consumer flow active=True, app flow control active=False"
+    assert faust_patches.flow_state(SimpleNamespace(_consumer=None)) == ["no consumer"]  # type: ignore[arg-type]
+    broken = SimpleNamespace(_consumer=SimpleNamespace(assignment=lambda: 1 / 0), topics=None)
+    assert faust_patches.flow_state(broken)[0].startswith("? (ZeroDivisionError")  # type: ignore[arg-type]
 
 
 def test_importing_the_matcher_patches_nothing_and_a_worker_refuses_to_run_unpatched() -> None:
