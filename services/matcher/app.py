@@ -300,6 +300,7 @@ def _faust_app(settings: Settings, options: MatcherOptions) -> SupervisedApp:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_max_batch_size=options.producer_max_batch_size or None,
+        producer_linger=options.producer_linger_s,
         producer_acks=-1,
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,

@@ -38,6 +38,9 @@ class MatcherOptions(BaseSettings):
     producer_max_batch_size: int = Field(
         0, ge=0, description="Producer batch size in bytes; 0: faust's default (16 KiB) on both brokers."
     )
+    producer_linger_s: float = Field(
+        0.0, ge=0, description="How long faust's producer waits to fill a batch (outputs, table changelogs)."
+    )
     commit_interval_s: float = Field(1.0, gt=0, description="faust offset commit interval.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")
     inventory_catchup_timeout_s: float = Field(
