@@ -134,8 +134,8 @@ def flow_state(app: faust.App) -> list[str]:
 
     Why a partition with records waiting gets nothing: not assigned, paused (recovery), out of the fetched
     set (`active`; faust drops a partition whose channel queue is under pressure and re-adds it from the
-    queue's pressure-drop callbacks), or fetched and not acked (`unacked floor`). Read-only; never raises
-    (a member missing after an upgrade reads as `?`).
+    queue's pressure-drop callbacks), or fetched and not acked (`unacked-floor`). Changes nothing faust
+    reads; never raises (a member missing after an upgrade reads as `?`).
     """
     consumer: Any = app._consumer  # faust's Consumer: its private members are read below
     if consumer is None:

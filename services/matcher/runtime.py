@@ -5,7 +5,8 @@ stop it then waits forever for that agent's in-flight message. So we do not use 
 signal handling: the worker runs on its own event loop, a watchdog ends it when (a) the caller's
 StopSignal is set (SIGTERM/SIGINT in a process), (b) an agent raised, (c) the worker stopped or
 crashed by itself, (d) faust dropped a fetched record (faust_patches), or (e) the liveness probe saw a
-stall, and faust's stop is given `stop_timeout_s` before the loop is torn down regardless.
+stall (logged with faust's view of its partitions and where each task waits), and faust's stop is given
+`stop_timeout_s` before the loop is torn down regardless.
 """
 
 from __future__ import annotations
@@ -170,15 +171,19 @@ async def _supervise(
 def _log_stall_state(app: SupervisedApp) -> None:
     """Before a stalled worker ends: faust's view of its partitions, and where each task is waiting.
 
-    A stall is rare and gone after the restart; this is what is left to explain it.
+    A stall is rare and gone after the restart; this is what is left to explain it. Never raises: the
+    worker must end whatever the report finds.
     """
-    for line in faust_patches.flow_state(app):
-        log.error("stall: %s", line)
-    for name, agent in sorted(app.agents.items()):
-        for tb in agent.actor_tracebacks():
-            log.error("stall: agent %s waits in %s", name, _innermost(tb))
-    for task in asyncio.all_tasks():
-        log.error("stall: task %s waits in %s", task.get_name(), _await_chain(task.get_coro()))
+    try:
+        for line in faust_patches.flow_state(app):
+            log.error("stall: %s", line)
+        for name, agent in sorted(app.agents.items()):
+            for tb in agent.actor_tracebacks():
+                log.error("stall: agent %s waits in %s", name, _innermost(tb))
+        for task in asyncio.all_tasks():
+            log.error("stall: task %s waits in %s", task.get_name(), _await_chain(task.get_coro()))
+    except Exception as e:
+        log.error("stall: state not readable: %s: %s", type(e).__name__, e)
 
 
 def _innermost(traceback: str) -> str:
