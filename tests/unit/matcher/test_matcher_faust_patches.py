@@ -289,6 +289,7 @@ _REPLACED_SHAPES: dict[tuple[str, str], tuple[list[str], str]] = {
     ("Consumer", "__init__"): (_CONSUMER_INIT, "7928eab35569173f"),
     ("Consumer", "_new_offset"): (["self", "tp"], "3ffdfa3b0925c3bf"),
     ("Consumer", "on_partitions_revoked"): (["self", "revoked"], "35674308776b5fb9"),
+    ("Consumer", "_wait_next_records"): (["self", "timeout"], "f92c67ab6a54b794"),
     ("Recovery", "on_recovery_completed"): (["self", "generation_id"], "0c47cb10849cc7a7"),
     ("AIOKafkaConsumerThread", "_create_worker_consumer"): (["self", "transport"], "89f40d75d68d7c98"),
     ("Recovery", "_build_highwaters"): (["self", "consumer", "tps", "destination", "title"], "166fc77ffec10349"),
@@ -333,6 +334,12 @@ def test_faust_code_the_fixes_rely_on_is_still_there() -> None:
     # 3: the callback the fix wraps is read from the consumer once, when the fetch loop starts.
     assert "callback = self.callback" in inspect.getsource(Consumer._drain_messages)
     assert "self.callback = callback" in src[("Consumer", "__init__")]
+    # 3: what the client returned, before getmany filters it (generation change, flow stop, queue pressure).
+    waited = src[("Consumer", "_wait_next_records")]
+    assert "return records, active_partitions" in waited
+    getmany = inspect.getsource(Consumer.getmany)
+    assert "records, active_partitions = await self._wait_next_records(timeout)" in getmany
+    assert "tp in active_partitions" in getmany and "if not self.flow_active:" in getmany
     # 4: faust resumes the stream partitions before it seeks (the order the fix reverses).
     recovered = src[("Recovery", "on_recovery_completed")]
     assert recovered.index("consumer.resume_partitions(") < recovered.index("consumer.perform_seek()")
@@ -418,6 +425,32 @@ def test_private_members_the_fixes_read_exist_on_a_real_matcher_app() -> None:
         assert callable(app.flow_control.is_active)
 
     asyncio.run(inspect_app())
+
+
+def test_a_record_the_client_returned_and_faust_never_yielded_holds_the_commit() -> None:
+    """Seen on the batched matcher branch: a partition's records returned by the client and filtered out by faust's
+    getmany; the next yielded record looked like the end of a gap and the commit crossed 5 whole invoices."""
+    faust_patches.apply_all()
+    tp, changelog = TP("billing.cost-lines.v1", 2), TP("m-line-facts-changelog", 2)
+    state = _consumer_state()
+    state.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == tp.topic))
+
+    async def client(_self: Any, _timeout: float) -> Any:
+        rec = [SimpleNamespace(offset=o) for o in range(604, 609)]
+        return {tp: rec, changelog: [SimpleNamespace(offset=1)]}, {tp}
+
+    wait = faust_patches._track_records_the_client_returned(client)
+    records, active = asyncio.run(wait(state, 1.0))
+    assert active == {tp} and [r.offset for r in records[tp]] == [604, 605, 606, 607, 608]
+    assert faust_patches.fetched(state) == {tp: {604, 605, 606, 607, 608}}  # changelogs are not acked: not held
+    # faust yielded none of them; the next fetch's record, 2114, is acked after a "gap" 604-2113.
+    state._committed_offset[tp] = 604
+    asyncio.run(Consumer._add_gap(state, tp, 604, 2114))
+    state._acked[tp].append(2114)
+    state._acked_index[tp].add(2114)
+    assert Consumer._new_offset(state, tp) is None  # not 2115: nothing past 604 is committed
+    reason = faust_patches.dropped_record(state)
+    assert reason is not None and "offset 604 was fetched but never processed" in reason
 
 
 def test_record_dropped_by_reads_the_apps_consumer() -> None:
