@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from shared.kafka.config import producer_config
-from shared.kafka.records import Out
+from shared.kafka.records import Out, produce_out
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,22 +81,9 @@ class Outputs:
             return None
         batch = _Batch(asyncio.get_running_loop(), len(outs))
         for o in outs:
-            self._produce(o, batch)
+            # A full queue: the broker is behind; the report thread's polls free room.
+            produce_out(self._producer, o, on_delivery=batch.on_delivery, wait_for_room=lambda: time.sleep(0.01))
         return batch.future
-
-    def _produce(self, o: Out, batch: _Batch) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    o.topic,
-                    key=o.key,
-                    value=o.value,
-                    headers=list(o.headers.items()) or None,
-                    on_delivery=batch.on_delivery,
-                )
-                return
-            except BufferError:  # librdkafka's queue is full: the broker is behind; its reports free room
-                time.sleep(0.01)
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (bounded), stop the report thread, release the client. Idempotent."""

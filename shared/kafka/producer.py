@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from shared.events import EventData, encode
 from shared.kafka.config import producer_config
-from shared.kafka.records import Out
+from shared.kafka.records import Out, produce_out
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,7 @@ class EventProducer:
             self._errors.append(err)
 
     def produce(self, out: Out) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    out.topic,
-                    key=out.key,
-                    value=out.value,
-                    headers=list(out.headers.items()),
-                    on_delivery=self._on_delivery,
-                )
-                break
-            except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.1)
+        produce_out(self._producer, out, on_delivery=self._on_delivery, wait_for_room=lambda: self._producer.poll(0.1))
         self._producer.poll(0)
         self.sent += 1
 

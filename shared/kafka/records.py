@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
-from confluent_kafka import Message
+from confluent_kafka import Message, Producer
 
 from shared.events import Envelope, EventData, decode
 
@@ -53,6 +54,26 @@ class Out:
     key: str | None
     value: bytes | None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def produce_out(
+    producer: Producer,
+    out: Out,
+    *,
+    wait_for_room: Callable[[], object],
+    on_delivery: Callable[[Any, Message], None] | None = None,
+) -> None:
+    """Produce `out`; while librdkafka's local queue is full (the broker is behind), call `wait_for_room`
+    (serve delivery reports, or wait for the thread that serves them) and try again: never drop a record."""
+    kwargs: dict[str, Any] = {"on_delivery": on_delivery} if on_delivery is not None else {}
+    while True:
+        try:
+            producer.produce(
+                out.topic, key=out.key, value=out.value, headers=list(out.headers.items()) or None, **kwargs
+            )
+            return
+        except BufferError:
+            wait_for_room()
 
 
 def topic_partition(msg: Message) -> tuple[str, int]:

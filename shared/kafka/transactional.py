@@ -42,7 +42,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from shared.kafka.config import TRANSACTION_TIMEOUT_S, consumer_config, instance_id, producer_config
 from shared.kafka.consumer import StopSignal
 from shared.kafka.deadletter import dead_letter
-from shared.kafka.records import Out, Record, topic_partition
+from shared.kafka.records import Out, Record, produce_out, topic_partition
 from shared.kafka.retry import Parked, PartitionWaits, Retryable, apply_retry
 from shared.kafka.watchdog import deadline as call_deadline
 from shared.metrics import DEAD_LETTERED, PROCESSED
@@ -258,12 +258,7 @@ class TransactionalProcessor:
         self.producer.begin_transaction()
         try:
             for o in outs:
-                while True:
-                    try:
-                        self.producer.produce(o.topic, key=o.key, value=o.value, headers=list(o.headers.items()))
-                        break
-                    except BufferError:
-                        self.producer.poll(0.1)
+                produce_out(self.producer, o, wait_for_room=lambda: self.producer.poll(0.1))
             # Not retried: nothing is committed yet, so a failure here (retriable or not) aborts and the record is
             # fetched again. (Calling it again after a transport error blocked past its timeout in librdkafka 2.16.)
             with call_deadline(
