@@ -158,7 +158,7 @@ async def _supervise(
         if probe is not None and (reason := await probe.check(loop)):
             outcome.crashed = WorkerStalled(reason)
             log.error("faust worker stalled: %s", reason)
-            _log_stall_state(app)
+            _log_stall_state(app, "stall")
             break
         if started.done():
             exc = None if started.cancelled() else started.exception()
@@ -173,6 +173,7 @@ async def _supervise(
     if not done:
         outcome.stop_timed_out = True
         log.error("faust did not stop within %.1fs: tearing the event loop down", stop_timeout_s)
+        _log_stall_state(app, "stop")
     elif not stopping.cancelled() and stopping.exception() is not None:
         log.warning("error while stopping faust: %r", stopping.exception())
     if not started.done():
@@ -180,22 +181,23 @@ async def _supervise(
         await asyncio.wait({started}, timeout=1.0)
 
 
-def _log_stall_state(app: SupervisedApp) -> None:
-    """Before a stalled worker ends: faust's view of its partitions, and where each task is waiting.
+def _log_stall_state(app: SupervisedApp, what: str) -> None:
+    """Before a stalled worker ends, or when its stop times out (`what`: the lines' prefix): faust's view of
+    its partitions, and where each task is waiting.
 
-    A stall is rare and gone after the restart; this is what is left to explain it. Never raises: the
+    Both are rare and gone after the restart; this is what is left to explain them. Never raises: the
     worker must end whatever the report finds.
     """
     try:
         for line in faust_patches.flow_state(app):
-            log.error("stall: %s", line)
+            log.error("%s: %s", what, line)
         for name, agent in sorted(app.agents.items()):
             for tb in agent.actor_tracebacks():
-                log.error("stall: agent %s waits in %s", name, _innermost(tb))
+                log.error("%s: agent %s waits in %s", what, name, _innermost(tb))
         for task in asyncio.all_tasks():
-            log.error("stall: task %s waits in %s", task.get_name(), _await_chain(task.get_coro()))
+            log.error("%s: task %s waits in %s", what, task.get_name(), _await_chain(task.get_coro()))
     except Exception as e:
-        log.error("stall: state not readable: %s: %s", type(e).__name__, e)
+        log.error("%s: state not readable: %s: %s", what, type(e).__name__, e)
 
 
 def _innermost(traceback: str) -> str:
