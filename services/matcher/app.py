@@ -4,11 +4,10 @@
   Every worker reads every partition of its changelog (lines are keyed by invoice, resources by resource:
   they are not co-partitioned), and keeps a local (account, kind, name) index fed from the table's
   changelog events and from its own writes.
-- `lines` agent: billing.cost-lines, in batches → one CostLineMatched per line, and
-  InvoiceCompleted once a revision's marker and all its lines are in. The state is line facts in chunks, a
-  completed record per revision and a waiting record per invoice (tables `line-fact-chunks`,
-  `revisions-completed`, `revisions-waiting`); why that is correct is in services/matcher/domain/assembly.py
-  and docs/architecture.md.
+- `lines` agent: billing.cost-lines → one CostLineMatched per line, and InvoiceCompleted once a revision's
+  marker and all its lines are in. The state is per-line facts, a completed record per revision and a
+  waiting record per invoice (tables `line-facts`, `revisions-completed`, `revisions-waiting`); why that is
+  correct is in services/matcher/domain/assembly.py and docs/architecture.md.
 - Poison records go to the source topic's DLQ with shared.kafka.deadletter's headers; they never crash
   an agent. Anything else an agent raises (the broker failing) ends the process (see runtime.py).
 
@@ -32,7 +31,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports i
 from prometheus_client import Gauge
 
 from services.matcher import faust_patches, handler
-from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, Waiting, assembly
+from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, LineFact, Waiting, assembly
 from services.matcher.options import (
     COMPLETED_TABLE,
     FACTS_TABLE,
@@ -51,7 +50,6 @@ from services.matcher.options import (
     app_id_of,
     changelog_topic_names,
 )
-from services.matcher.outputs import Outputs
 from services.matcher.runtime import SupervisedApp
 from shared.kafka.admin import admin, ensure_topics, group_lag, high_watermarks
 from shared.kafka.deadletter import dead_letter
@@ -228,16 +226,11 @@ def _record(event: Any) -> Record:
 
 
 class _Topics:
-    """Every topic shared with other services, declared once: raw bytes both ways (we decode/encode the envelope).
+    """Every topic shared with other services, declared once: raw bytes both ways (we decode/encode the envelope)."""
 
-    Records are sent through `Outputs` (librdkafka), created on first use so that an app built and never
-    run (tests) opens no connection; their delivery gates the next offset commit (faust_patches 2)."""
-
-    def __init__(self, app: SupervisedApp, settings: Settings) -> None:
+    def __init__(self, app: SupervisedApp) -> None:
         self.app = app
-        self.settings = settings
         self.declared: dict[str, Any] = {}
-        self._outputs: Outputs | None = None
 
     def __call__(self, name: str) -> Any:
         if name not in self.declared:
@@ -246,17 +239,12 @@ class _Topics:
             )
         return self.declared[name]
 
-    def send(self, outs: Sequence[Out]) -> None:
-        """No await per record: a failed delivery fails the next offset commit, so the records that produced
-        it are processed again."""
-        if not outs:
-            return
-        if self._outputs is None:
-            self._outputs = Outputs(self.settings, f"{self.app.conf.id}-outputs")
-            self.app.on_worker_stopped.append(self._outputs.close)
-        fut = self._outputs.send(outs)
-        if fut is not None:
-            faust_patches.track_delivery(self.app, fut)
+    def send(self, outs: Iterable[Out]) -> None:
+        """Into faust's producer buffer, like table writes: no await per record, and a failed delivery fails
+        the next offset commit (faust_patches 2), so the records that produced it are processed again."""
+        for o in outs:
+            headers = [(k, v.encode()) for k, v in o.headers.items()]
+            self(o.topic).send_soon(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
 
     def dead_letter(self, rec: Record, error: Exception) -> None:
         self.send([dead_letter(rec, error, SERVICE)])
@@ -285,9 +273,9 @@ class _Tables:
     def completed(self, revision_key: str) -> Completed | None:
         return Completed.from_json(self.completed_by_revision.get(revision_key))
 
-    def fact_chunk(self, chunk_key: str) -> Mapping[str, list[int]] | None:
-        v: Mapping[str, list[int]] | None = self.facts.get(chunk_key)
-        return v
+    def fact(self, fact_key: str) -> LineFact | None:
+        v = self.facts.get(fact_key)
+        return None if v is None else LineFact.from_json(v)
 
     def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
         return assembly.waiting_from_json(self.waiting_by_invoice.get(invoice_uuid))
@@ -337,14 +325,13 @@ def create_app(
     """
     p = settings.kafka_topic_prefix
     app = _faust_app(settings, options)
-    topics = _Topics(app, settings)
+    topics = _Topics(app)
     resources_topic = topics(RESOURCES.name(p))
     index = InventoryIndex()
     tables = _Tables(app, settings.kafka_partitions, index)
     progress = watch or ProgressWatch(0)
     inventory_agent = _inventory_agent(app, resources_topic, topics, tables, index, gate)
-    lines_gate = _LinesGate(app, resources_topic, gate)
-    lines_agent = _lines_agent(app, settings, options, topics, tables, index, lines_gate, progress)
+    lines_agent = _lines_agent(app, settings, topics, tables, index, _LinesGate(app, resources_topic, gate), progress)
     timer = _waiting_metrics(app, tables)
     _restart_stall_clock_on_rebalance(app, progress)
     log.debug("agents: %s, %s; timer %s", inventory_agent.name, lines_agent.name, timer)  # registered
@@ -397,7 +384,6 @@ class _LinesGate:
 def _lines_agent(
     app: SupervisedApp,
     settings: Settings,
-    options: MatcherOptions,
     topics: _Topics,
     tables: _Tables,
     index: InventoryIndex,
@@ -411,81 +397,46 @@ def _lines_agent(
 
     @app.agent(lines_topic, name="lines", concurrency=1)
     async def lines_agent(stream: Any) -> None:
-        # A batch: the records that arrive within batch_wait_s of its first one (at most batch_max); it is
-        # processed as soon as nothing more is ready by then. Acks are ours: an event is acked once its batch
-        # is applied, so no offset is committed before its batch's writes are buffered (faust_patches 2 waits
-        # for them), and a batch cancelled half-way (a stop) is not acked at all. Not faust's `take_events`:
-        # its `finally` acks every event of the batch it yielded when the body is cancelled, later partitions
-        # of the batch unprocessed; a stop then lost whole invoices (tests/e2e/test_broker_faults.py, rebalance).
-        stream.enable_acks = False
-        pending = stream.channel.queue
-        batch: list[Any] = []
-        started = 0.0
         async for event in stream.events():
-            if not batch:
-                started = time.monotonic()
-            batch.append(event)
-            if len(batch) < options.batch_max and await _more_soon(pending, started + options.batch_wait_s):
-                continue
             await gate.wait()
-            for partition_events in _by_partition(batch):
-                effects = handler.cost_lines(
-                    [_record(e) for e in partition_events],
+            rec = _record(event)
+            try:
+                step = handler.cost_line_record(
+                    rec,
                     index,
                     tables,
                     matched_topic=matched_topic.get_topic_name(),
                     completed_topic=completed_topic.get_topic_name(),
                 )
-                with faust_patches.table_writes_to_partition_of(partition_events[-1]):
-                    await _apply_effects(app, topics, tables, effects)
-            for e in batch:
-                await stream.ack(e)
-            batch = []
+            except Exception as e:  # poison: never blocks the partition
+                topics.dead_letter(rec, e)
+                continue
+            await _apply_step(app, topics, tables, step)
             progress.processed()
 
     return lines_agent
 
 
-async def _more_soon(queue: Any, deadline: float) -> bool:
-    """Whether another record is (or, before `deadline`, becomes) ready in the stream's queue."""
-    while queue.empty():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        await asyncio.sleep(min(left, 0.005))
-    return True
-
-
-def _by_partition(events: list[Any]) -> list[list[Any]]:
-    """A batch's events per source partition, each in offset order: a partition's table writes go to its
-    changelog partition (the invoice's records and state live in one partition)."""
-    groups: dict[int, list[Any]] = {}
-    for e in events:
-        groups.setdefault(e.message.partition, []).append(e)
-    return list(groups.values())
-
-
-async def _apply_effects(app: SupervisedApp, topics: _Topics, tables: _Tables, fx: handler.Effects) -> None:
-    """A batch's effects, in handler.Effects's order. One await: the completed records' delivery."""
-    topics.send(fx.outs)
-    for rec, error in fx.dead:  # poison: never blocks the partition
-        topics.dead_letter(rec, error)
-    for key, chunk in fx.fact_chunks.items():
-        tables.facts[key] = chunk
-    if fx.completed:
-        for key, value in fx.completed.items():
-            tables.completed_by_revision[key] = value
+async def _apply_step(app: SupervisedApp, topics: _Topics, tables: _Tables, step: handler.Step) -> None:
+    """A cost-lines record's effects, in handler.Step's order. One await: the completed record's delivery."""
+    topics.send(step.outs)
+    for key, fact in step.facts.items():
+        tables.facts[key] = fact
+    if step.completed is not None:
+        key, value = step.completed
+        tables.completed_by_revision[key] = value
         # Durable before any fact is deleted: a crash must never leave facts gone and no completion.
         await app.producer.buffer.flush()
-    for key in fx.delete_chunks:
+    for key in step.delete_facts:
         if key in tables.facts:
             del tables.facts[key]
-    for invoice, waiting in fx.waiting.items():
+    if step.waiting is not None:
+        waiting_key, waiting = step.waiting
         if waiting is not None:
-            tables.waiting_by_invoice[invoice] = waiting
-            log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", invoice, waiting)
-        elif invoice in tables.waiting_by_invoice:
-            del tables.waiting_by_invoice[invoice]
+            tables.waiting_by_invoice[waiting_key] = waiting
+            log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", waiting_key, waiting)
+        elif waiting_key in tables.waiting_by_invoice:
+            del tables.waiting_by_invoice[waiting_key]
 
 
 def _waiting_metrics(app: SupervisedApp, tables: _Tables) -> Any:

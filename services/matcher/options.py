@@ -16,7 +16,7 @@ from shared.topics import group_id
 
 SERVICE = "matcher"
 INVENTORY_TABLE = "inventory"
-FACTS_TABLE = "line-fact-chunks"
+FACTS_TABLE = "line-facts"
 COMPLETED_TABLE = "revisions-completed"
 WAITING_TABLE = "revisions-waiting"
 # Tables whose changelog is co-partitioned with cost-lines (keys of one invoice, written from its partition).
@@ -39,15 +39,7 @@ class MatcherOptions(BaseSettings):
         0, ge=0, description="Producer batch size in bytes; 0: faust's default (16 KiB) on both brokers."
     )
     producer_linger_s: float = Field(
-        0.005,
-        ge=0,
-        description="How long faust's producer (table changelogs) waits to fill a batch.",
-    )
-    batch_max: int = Field(
-        1000, ge=1, description="Cost-lines records processed as one batch at most (one write per fact chunk)."
-    )
-    batch_wait_s: float = Field(
-        0.05, gt=0, description="How long a batch waits to fill before it is processed with what it has."
+        0.0, ge=0, description="How long faust's producer waits to fill a batch (outputs, table changelogs)."
     )
     commit_interval_s: float = Field(1.0, gt=0, description="faust offset commit interval.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")
