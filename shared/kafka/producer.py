@@ -32,7 +32,7 @@ class EventProducer:
             self._errors.append(err)
 
     def produce(self, out: Out) -> None:
-        produce_out(self._producer, out, on_delivery=self._on_delivery, wait_for_room=lambda: self._producer.poll(0.1))
+        produce_out(self._producer, out, on_delivery=self._on_delivery)
         self._producer.poll(0)
         self.sent += 1
 

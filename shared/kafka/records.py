@@ -60,11 +60,12 @@ def produce_out(
     producer: Producer,
     out: Out,
     *,
-    wait_for_room: Callable[[], object],
     on_delivery: Callable[[Any, Message], None] | None = None,
+    wait_for_room: Callable[[], object] | None = None,
 ) -> None:
-    """Produce `out`; while librdkafka's local queue is full (the broker is behind), call `wait_for_room`
-    (serve delivery reports, or wait for the thread that serves them) and try again: never drop a record."""
+    """Produce `out`; while librdkafka's local queue is full (the broker is behind), wait for room and try
+    again: never drop a record. Waiting serves delivery reports (`producer.poll`), which free the room, unless
+    `wait_for_room` says otherwise."""
     kwargs: dict[str, Any] = {"on_delivery": on_delivery} if on_delivery is not None else {}
     while True:
         try:
@@ -73,7 +74,10 @@ def produce_out(
             )
             return
         except BufferError:
-            wait_for_room()
+            if wait_for_room is None:
+                producer.poll(0.1)
+            else:
+                wait_for_room()
 
 
 def topic_partition(msg: Message) -> tuple[str, int]:

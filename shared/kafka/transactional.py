@@ -258,7 +258,7 @@ class TransactionalProcessor:
         self.producer.begin_transaction()
         try:
             for o in outs:
-                produce_out(self.producer, o, wait_for_room=lambda: self.producer.poll(0.1))
+                produce_out(self.producer, o)
             # Not retried: nothing is committed yet, so a failure here (retriable or not) aborts and the record is
             # fetched again. (Calling it again after a transport error blocked past its timeout in librdkafka 2.16.)
             with call_deadline(

@@ -14,6 +14,7 @@ from services.matcher import main
 from services.matcher.app import MatcherOptions
 from shared.events import CostLine, InvoiceEnd, Resource, decode, encode
 from shared.kafka import EventProducer, Out, StopSignal, group_lag
+from shared.kafka.records import produce_out
 from shared.settings import Settings
 from shared.topics import COST_LINES, RESOURCES
 from tests.factories import bare_match
@@ -63,12 +64,7 @@ def publish_transactionally(s: Settings, invoices: list[list[CostLine | InvoiceE
     for events in invoices:
         prod.begin_transaction()
         for e in events:
-            while True:
-                try:
-                    prod.produce(topic, key=e.invoice_uuid, value=encode(e, account))
-                    break
-                except BufferError:
-                    prod.poll(0.05)
+            produce_out(prod, Out(topic, e.invoice_uuid, encode(e, account)))
             prod.poll(0)
         prod.commit_transaction(60)
 
