@@ -192,8 +192,9 @@ class Run:
             extra_env={
                 "DIGITALOCEAN_TOKEN": "",
                 "DIGITALOCEAN_ACCOUNTS": json.dumps(account_list),
-                # The poller keeps polling during the run (its polls are killed and faulted too); the first poll
-                # is made by the run itself, inventory first, so matching never races the inventory.
+                # The poller keeps polling during the run (its polls are killed and faulted too). The first poll
+                # is made by the run itself, inventory first, and the poller starts only after it (start_poller),
+                # so matching never races the inventory.
                 "POLL_BALANCE_CRON": "* * * * *",
                 "POLL_HISTORY_CRON": "* * * * *",
                 "POLL_RESOURCES_CRON": "*/2 * * * *",
@@ -240,7 +241,12 @@ class Run:
         for a in self.accounts:
             st._wait_port(f"sim-do-{a.name}", self.do_ports[a.name])
         st._wait_port("sim-finance", self.cfg.finance_port)
-        st.start_services()
+        st.start_services(tuple(svc for svc in SERVICES if svc != "poller"))
+
+    def start_poller(self) -> None:
+        """After the run's own first poll: its every-minute schedule would otherwise poll the history while the
+        matcher is still reading the inventory (a baseline with one invoice unattributed, seen in CI)."""
+        self.stack.start_services(("poller",))
 
     def stop(self) -> None:
         self.http.close()
@@ -417,6 +423,7 @@ class Chaos:
         while pending and pending[0].at <= 0:  # in place before the first poll
             self._apply(run, pending.pop(0), report)
         run.stack.poll_now("all", inventory_timeout=180)
+        run.start_poller()
         t0 = time.monotonic()
         poison = len(POISON_KINDS) if any(f.kind == "poison" for f in faults) else 0
         last_progress, last_change, next_check = -1, t0, 0.0

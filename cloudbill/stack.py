@@ -276,10 +276,10 @@ class Stack:
         self._wait_port("sim-finance", self.cfg.finance_port)
 
     def start_services(self, services: tuple[str, ...] = SERVICES) -> None:
-        for i, svc in enumerate(services):
+        for svc in services:
             env = self.env()
-            if self.cfg.metrics_base_port and svc != "api":
-                env["METRICS_PORT"] = str(self.cfg.metrics_base_port + i)
+            if self.cfg.metrics_base_port and svc != "api":  # by the service's place, whatever is started when
+                env["METRICS_PORT"] = str(self.cfg.metrics_base_port + SERVICES.index(svc))
             self.spawn(svc, ["run", svc], env=env)
         if "api" in services:
             self._wait_port("api", self.cfg.api_port)
