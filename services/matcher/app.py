@@ -102,44 +102,73 @@ class InventoryGate:
 
     Without it a fresh consumer group (a replay) would match lines against a half-loaded inventory.
     `targets` are the end offsets of cloud.resources partitions that had unread records at start.
+
+    The gate gives up (and matching starts anyway, with a warning naming the partitions behind) only when the
+    inventory made no progress for `timeout_s`, counted from the first wait: the worker's own start (faust,
+    rebalance, table recovery) is not the inventory's fault and may take long on a busy machine, and a large
+    inventory still being read keeps the gate closed (a CI replay matched against a half-read inventory when
+    the budget ran from the worker's construction).
     """
 
-    def __init__(self, targets: dict[int, int], timeout_s: float) -> None:
+    def __init__(self, targets: dict[int, int], timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.targets = dict(targets)
         self.timeout_s = timeout_s
+        self.clock = clock
         self.progress: dict[int, int] = {}
-        self.last_record = time.monotonic()
-        self._created = time.monotonic()
+        self.last_record: float | None = None
+        self.waiting_since: float | None = None
         self._open = not self.targets
+
+    @property
+    def open(self) -> bool:
+        return self._open
 
     def seen(self, partition: int, offset: int) -> None:
         self.progress[partition] = max(self.progress.get(partition, 0), offset + 1)
-        self.last_record = time.monotonic()
+        self.last_record = self.clock()
 
-    def caught_up(self, assigned: Iterable[int]) -> bool:
-        idle = time.monotonic() - self.last_record >= 0.5
+    def behind(self, assigned: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """Assigned partitions not read to their target yet → (read up to, target)."""
+        now = self.clock()
+        idle = self.last_record is None or now - self.last_record >= 0.5
+        out: dict[int, tuple[int, int]] = {}
         for p in assigned:
             target = self.targets.get(p)
             if target is None:
                 continue
-            done = self.progress.get(p)
-            if done is None:
-                return False
+            done = self.progress.get(p, -1)
             # A trailing transaction marker takes an offset no record carries: tolerate it once idle.
             if done < target and not (idle and done >= target - 1):
-                return False
-        return True
+                out[p] = (max(done, 0), target)
+        return out
 
-    async def wait(self, assigned: Any) -> None:
-        while not self._open:
-            if self.caught_up(assigned()):
-                self._open = True
-                log.info("inventory backlog read: matching starts")
-            elif time.monotonic() - self._created > self.timeout_s:
-                self._open = True
-                log.warning("inventory backlog not read within %.0fs: matching starts anyway", self.timeout_s)
-            else:
-                await asyncio.sleep(0.05)
+    def caught_up(self, assigned: Iterable[int]) -> bool:
+        return not self.behind(assigned)
+
+    def check(self, assigned: Iterable[int]) -> bool:
+        """Open the gate if the backlog is read, or if it made no progress for the timeout; is it open?"""
+        if self._open:
+            return True
+        now = self.clock()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        behind = self.behind(assigned)
+        if not behind:
+            self._open = True
+            log.info("inventory backlog read: matching starts")
+        elif now - max(self.waiting_since, self.last_record or self.waiting_since) > self.timeout_s:
+            self._open = True
+            log.warning(
+                "inventory backlog made no progress for %.0fs: matching starts anyway (cloud.resources "
+                "partitions behind, read up to / end at start: %s)",
+                self.timeout_s,
+                ", ".join(f"[{p}] {done}/{target}" for p, (done, target) in sorted(behind.items())),
+            )
+        return self._open
+
+    async def wait(self, assigned: Callable[[], Iterable[int]]) -> None:
+        while not self.check(assigned()):
+            await asyncio.sleep(0.05)
 
 
 class ProgressWatch:
@@ -330,7 +359,7 @@ def create_app(
     index = InventoryIndex()
     tables = _Tables(app, settings.kafka_partitions, index)
     progress = watch or ProgressWatch(0)
-    inventory_agent = _inventory_agent(app, resources_topic, topics, tables, index, gate)
+    inventory_agent = _inventory_agent(app, resources_topic, topics, tables, index, gate, progress)
     lines_agent = _lines_agent(app, settings, topics, tables, index, _LinesGate(app, resources_topic, gate), progress)
     timer = _waiting_metrics(app, tables)
     _restart_stall_clock_on_rebalance(app, progress)
@@ -339,9 +368,19 @@ def create_app(
 
 
 def _inventory_agent(
-    app: SupervisedApp, source: Any, topics: _Topics, tables: _Tables, index: InventoryIndex, gate: InventoryGate
+    app: SupervisedApp,
+    source: Any,
+    topics: _Topics,
+    tables: _Tables,
+    index: InventoryIndex,
+    gate: InventoryGate,
+    progress: ProgressWatch,
 ) -> Any:
-    """cloud.resources → the inventory table and the local index; poison records to the DLQ."""
+    """cloud.resources → the inventory table and the local index; poison records to the DLQ.
+
+    While lines wait for the inventory backlog (the gate), reading it is the worker's progress: a large
+    inventory is not a stall.
+    """
     inventory = tables.inventory
 
     @app.agent(source, name="inventory", concurrency=1)
@@ -361,6 +400,8 @@ def _inventory_agent(
                     inventory[change.resource_key] = change.entry.to_dict()
                     index.upsert(change.entry)
             gate.seen(rec.partition, rec.offset)
+            if not gate.open:
+                progress.processed()
 
     return inventory_agent
 

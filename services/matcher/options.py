@@ -44,7 +44,9 @@ class MatcherOptions(BaseSettings):
     commit_interval_s: float = Field(1.0, gt=0, description="faust offset commit interval.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")
     inventory_catchup_timeout_s: float = Field(
-        30.0, ge=0, description="At start, lines wait at most this long for the inventory backlog to be read."
+        30.0,
+        ge=0,
+        description="At start, lines wait for the inventory backlog to be read; they stop waiting after it made no progress this long.",
     )
     stall_timeout_s: float = Field(
         60.0, ge=0, description="Records pending but none processed for this long: end the worker (0: never)."
