@@ -1,4 +1,4 @@
-"""Every touch of faust-streaming 0.15.3's internals: six fixes for at-least-once processing, and named reads.
+"""Every touch of faust-streaming 0.15.3's internals: seven fixes for at-least-once processing, and named reads.
 
 faust's private code is replaced or read here and nowhere else, so a faust upgrade is re-checked in one place
 (tests/unit/matcher/test_matcher_faust_patches.py pins the shape of everything used). Importing this module
@@ -11,10 +11,12 @@ app. The fixes, numbered as the rest of the repo cites them (each function's doc
 4. `fix_seek_before_resume_after_recovery`: after recovery, seek the stream partitions before they resume.
 5. `fix_read_committed_without_transactions`: read committed records only.
 6. `fix_recovery_reads_fetch_side_end_offsets`: table recovery reads changelogs to their true end.
+7. `fix_fetch_never_asks_for_every_partition`: a waiting fetch never reads an emptied set as every partition.
 
 Re-checked on Apache Kafka 4.4 (the unit tests and the matcher's integration tests run on both brokers):
 transaction markers and aborted transactions leave offset gaps there too (1), and 2, 3, 4 and 5 do not depend
 on the broker. 6 is not needed there (ListOffsets is exact) and not enabled (`use_fetch_side_end_offsets`).
+7 is between faust and aiokafka only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 
 import faust
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 
@@ -53,6 +55,7 @@ REPLACED: tuple[tuple[type, str], ...] = (
     (Recovery, "on_recovery_completed"),
     (AIOKafkaConsumerThread, "_create_worker_consumer"),
     (Recovery, "_build_highwaters"),
+    (ThreadDelegateConsumer, "_getmany"),
 )
 
 
@@ -226,6 +229,7 @@ def apply_all(version: str = faust.__version__) -> None:
     fix_seek_before_resume_after_recovery()
     fix_read_committed_without_transactions()
     fix_recovery_reads_fetch_side_end_offsets()
+    fix_fetch_never_asks_for_every_partition()
 
 
 # -- 1 -------------------------------------------------------------------------------------------------------
@@ -532,3 +536,60 @@ def fix_recovery_reads_fetch_side_end_offsets() -> None:
         self.log.info("%s changelog ends read from the fetch side: %s", title, dict(destination))
 
     _replace(Recovery, "_build_highwaters", _build_highwaters)
+
+
+# -- 7 -------------------------------------------------------------------------------------------------------
+
+
+def fix_fetch_never_asks_for_every_partition() -> None:
+    """Fix 7: a fetch in flight never reads "no active partition" as "every partition".
+
+    faust hands its own `_active_partitions` set to the consumer thread, where aiokafka's `fetched_records`
+    waits for data and re-reads it on every wake-up (`if partitions and tp not in partitions`). When recovery
+    ends, faust pauses the changelog partitions it was reading: the set empties while that fetch waits, and
+    aiokafka reads an empty set as *every assigned partition*. It returned the stream partitions' records
+    (paused, so faust dropped them) and moved its position past them, after fix 4 had sought them to the
+    committed offset: the worker sat idle with the records unprocessed until the stall watchdog ended it
+    (traced after `cloudbill replay matcher --from-beginning` on a loaded machine, 4 runs in 10: positions 3, 2
+    and 1 right after the seek to 0; "client returned cost-lines[1] [0, 1, 2]" for a paused partition).
+
+    The fix passes a live view of the same set that is never falsy: a partition faust takes out while the fetch
+    waits (a pause, queue pressure) is left out at once, as before, and an emptied set returns nothing.
+
+    Upstream: no upstream issue found (searched 2026-12-03); faust's own comment in `_wait_next_records`
+    ("fetch records only if active partitions to avoid the risk of fetching all partitions") is the intent
+    this keeps for a fetch already waiting.
+    """
+    if _is_patched(ThreadDelegateConsumer, "_getmany"):
+        return
+
+    async def _getmany(self: Any, active_partitions: Any, timeout: float) -> Any:
+        if active_partitions is None:  # a client-only app: every partition, as faust means it
+            return await self._thread.getmany(None, timeout)
+        if not active_partitions:  # faust checks this before the call already
+            return {}
+        return await self._thread.getmany(ActivePartitions(active_partitions), timeout)
+
+    _replace(ThreadDelegateConsumer, "_getmany", _getmany)
+
+
+class ActivePartitions:
+    """faust's live set of active partitions as a waiting fetch reads it: membership follows the set, and it is
+    never falsy (an empty partition list means every partition to aiokafka)."""
+
+    __slots__ = ("live",)
+
+    def __init__(self, live: Any) -> None:
+        self.live = live
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.live
+
+    def __iter__(self) -> Any:
+        return iter(tuple(self.live))
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def __bool__(self) -> bool:
+        return True

@@ -293,6 +293,7 @@ _REPLACED_SHAPES: dict[tuple[str, str], tuple[list[str], str]] = {
     ("Recovery", "on_recovery_completed"): (["self", "generation_id"], "0c47cb10849cc7a7"),
     ("AIOKafkaConsumerThread", "_create_worker_consumer"): (["self", "transport"], "89f40d75d68d7c98"),
     ("Recovery", "_build_highwaters"): (["self", "consumer", "tps", "destination", "title"], "166fc77ffec10349"),
+    ("ThreadDelegateConsumer", "_getmany"): (["self", "active_partitions", "timeout"], "d71940c36e02d5ae"),
 }
 
 
@@ -349,6 +350,15 @@ def test_faust_code_the_fixes_rely_on_is_still_there() -> None:
     # 6: faust keeps the highwater minus one, and replaces `destination` wholesale before the fix raises it.
     built = src[("Recovery", "_build_highwaters")]
     assert "value - 1" in built and "destination.clear()" in built
+    # 7: the fetch is handed faust's live set of active partitions (which pausing empties in place), and
+    # aiokafka treats an empty partition list as every assigned partition.
+    assert "active_partitions = self._get_active_partitions()" in waited
+    assert "return tps" in inspect.getsource(Consumer._get_active_partitions)
+    assert "self._active_partitions.clear()" in inspect.getsource(Consumer._set_active_tps)
+    assert "self._thread.getmany(active_partitions, timeout)" in src[("ThreadDelegateConsumer", "_getmany")]
+    from aiokafka.consumer.fetcher import Fetcher
+
+    assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
 
 
 def test_faust_members_the_fixes_call_keep_their_signatures() -> None:
@@ -517,3 +527,39 @@ def test_importing_the_matcher_patches_nothing_and_a_worker_refuses_to_run_unpat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_waiting_fetch_never_reads_an_emptied_active_set_as_every_partition() -> None:
+    """Recovery pauses the changelogs while a fetch waits in the consumer thread: the emptied set must select
+    nothing (aiokafka reads an empty partition list as every partition, paused stream partitions included),
+    and membership must stay live (a partition taken out while the fetch waits is left out at once)."""
+    faust_patches.apply_all()
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.consumer import ThreadDelegateConsumer
+
+    changelog, stream, other = TP("m-line-facts-changelog", 0), TP("billing.cost-lines.v1", 0), TP("x", 1)
+    live = {changelog, other}
+    seen: list[Any] = []
+
+    class Thread:
+        async def getmany(self, partitions: Any, timeout: float) -> dict[Any, list[Any]]:
+            seen.append(partitions)
+            if partitions is None:
+                return {}
+            assert changelog in partitions and stream not in partitions
+            live.discard(other)  # queue pressure takes a partition out while the fetch waits
+            assert other not in partitions, "membership follows faust's set"
+            live.clear()  # recovery pauses the changelogs while the fetch waits
+            # aiokafka's own test, as `fetched_records` makes it for every buffered partition:
+            assert bool(partitions) and changelog not in partitions and stream not in partitions
+            return {}
+
+    consumer = SimpleNamespace(_thread=Thread())
+    getmany = ThreadDelegateConsumer._getmany
+    assert asyncio.run(getmany(consumer, live, 1.0)) == {}  # type: ignore[arg-type]
+    assert len(seen) == 1 and list(seen[0]) == [] and len(seen[0]) == 0
+    assert asyncio.run(getmany(consumer, set(), 1.0)) == {}, "an empty set never reaches the client"  # type: ignore[arg-type]
+    assert len(seen) == 1
+    asyncio.run(getmany(consumer, None, 1.0))  # type: ignore[arg-type]
+    assert seen[-1] is None, "a client-only app still asks for everything"
+    assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
