@@ -142,9 +142,6 @@ class InventoryGate:
                 out[p] = (max(done, 0), target)
         return out
 
-    def caught_up(self, assigned: Iterable[int]) -> bool:
-        return not self.behind(assigned)
-
     def check(self, assigned: Iterable[int]) -> bool:
         """Open the gate if the backlog is read, or if it made no progress for the timeout; is it open?"""
         if self._open:
@@ -156,7 +153,7 @@ class InventoryGate:
         if not behind:
             self._open = True
             log.info("inventory backlog read: matching starts")
-        elif now - max(self.waiting_since, self.last_record or self.waiting_since) > self.timeout_s:
+        elif now - max(self.waiting_since, self.last_record or 0.0) > self.timeout_s:  # since the latest of the two
             self._open = True
             log.warning(
                 "inventory backlog made no progress for %.0fs: matching starts anyway (cloud.resources "
