@@ -157,6 +157,7 @@ def _from_database(settings: Settings) -> dict[str, Any]:
             ).fetchall()
         except psycopg.errors.UndefinedTable:
             conn.rollback()
+        out["unverified"] = unverified_revisions(conn)
         by_rank = invoices_by_rank(conn)
         out["held"] = held_invoices(conn)
         out["invoices"] = {STATUS_NAMES.get(rank, str(rank)): n for rank, n in by_rank.items()}
@@ -164,6 +165,30 @@ def _from_database(settings: Settings) -> dict[str, Any]:
             out["invoices"]["completed"] = out["invoices"].get("completed", 0) - len(out["held"])
             out["invoices"]["held"] = len(out["held"])
     return out
+
+
+UNVERIFIED_AFTER_S = 60  # the commit verifier reads a revision's marker within seconds of its commit
+
+
+def unverified_revisions(conn: Any) -> list[dict[str, Any]]:
+    """Revisions the ingester committed whose end marker its commit verifier has not read on cost-lines for a
+    minute or more, oldest first: aborted after the commit was acknowledged (re-emitted), or held up by an
+    open transaction (services/ingester/verify.py)."""
+    import psycopg
+
+    try:
+        return list(
+            conn.execute(
+                "SELECT invoice_uuid, revision, account, line_count, reemits,"
+                " extract(epoch FROM now() - committed_at)::bigint AS age_s"
+                " FROM ingester.invoice_revisions WHERE state = 'committed' AND verified_at IS NULL"
+                " AND committed_at < now() - make_interval(secs => %s) ORDER BY committed_at",
+                (UNVERIFIED_AFTER_S,),
+            ).fetchall()
+        )
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        conn.rollback()
+        return []
 
 
 def _age(seconds: int) -> str:
@@ -208,6 +233,17 @@ def render(report: dict[str, Any], console: Console) -> None:
             (r["error"] or "")[:80],
         )
     console.print(t)
+    if report.get("unverified"):
+        t = Table(
+            "invoice", "revision", "lines", "committed for", "re-emissions", title="[red]Committed, not readable[/red]"
+        )
+        for u in report["unverified"]:
+            t.add_row(u["invoice_uuid"], str(u["revision"]), str(u["line_count"]), _age(u["age_s"]), str(u["reemits"]))
+        console.print(t)
+        console.print(
+            "the ingester's commit verifier has not read these revisions on cost-lines: an open transaction holds"
+            " the topic, or the broker aborted them after their commit (they are re-emitted; see the ingester log)"
+        )
     t = Table("status", "invoices", title="Invoices by status")
     for name, n in report["invoices"].items():
         t.add_row(f"[red]{name}[/red]" if name == "held" else name, str(n))

@@ -131,6 +131,14 @@ class InvoiceRefetchRequested(EventData):
     reason: str
     requested_at: datetime
     attempt: int = Field(0, ge=0, description="The automatic re-fetch's attempt number; 0 for an admin request.")
+    reemit_revision: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "A committed revision the ingester's commit verifier proved unreadable (its records were aborted after"
+            " the commit was acknowledged): emitted again, same revision and event ids, when the CSV is unchanged."
+        ),
+    )
 
 
 ItemJoin = Literal["exact", "period_relaxed", "identical_rows", "no_item", "items_unavailable", "items_disabled"]

@@ -25,6 +25,18 @@ ITEMS_FETCHED = Counter(
 ITEM_ROWS = Counter(
     "cloudbill_ingester_item_join_rows_total", "CSV rows by how they were joined to an invoice item", ["join"]
 )
+# The ingester's commit verifier (services/ingester/verify.py).
+REVISIONS_VERIFIED = Counter(
+    "cloudbill_ingester_revisions_verified_total", "Revisions whose end marker the commit verifier read committed"
+)
+REVISIONS_REEMITTED = Counter(
+    "cloudbill_ingester_revisions_reemitted_total",
+    "Committed revisions the commit verifier proved unreadable on cost-lines and asked to emit again",
+)
+REVISIONS_UNVERIFIED = Gauge(
+    "cloudbill_ingester_unverified_revisions",
+    "Committed revisions proven unreadable at the verifier's last checkpoint and not seen since",
+)
 CONFIG_ERRORS = Gauge(
     "cloudbill_configuration_error", "1 while a service reports a configuration error", ["service", "reason"]
 )

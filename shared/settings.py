@@ -171,6 +171,19 @@ class Settings(BaseSettings):
             "long; then it is ingested from the CSV alone, with a note (0: never wait)."
         ),
     )
+    ingester_verify_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "The commit verifier's checkpoints: committed revisions whose records it has provably read past without"
+            " seeing them (aborted after the commit was acknowledged) are emitted again (0: no verification)."
+        ),
+    )
+    ingester_verify_max_reemits: int = Field(
+        5,
+        ge=1,
+        description="Re-emissions of one unreadable committed revision before it only shows in `cloudbill status`.",
+    )
     held_refetch_initial_s: float = Field(
         60.0, gt=0, description="First re-fetch of a held invoice's CSV after this long; doubles each attempt."
     )

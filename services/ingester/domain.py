@@ -34,6 +34,8 @@ class LedgerEntry:
     state: State
     reserved_at: datetime
     evidence_sha256: str | None = None
+    # A read_committed reader saw the revision's end marker on the topic (services/ingester/verify.py).
+    verified: bool = True
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ class Decision:
     """What to do with a fetched CSV.
 
     - `skip`: this content was ingested and committed as the latest revision: emit nothing.
-    - `reemit`: this content is the latest revision but its commit was never confirmed: emit that
-      same revision again (same event ids, same `occurred_at`), downstream dedupes.
+    - `reemit`: this content is the latest revision but its commit was never confirmed, or it was committed
+      and the verifier proved its records never became readable: emit that same revision again (same event
+      ids, same `occurred_at`), downstream dedupes.
     - `new`: a new revision (`revision`); `supersede` names a pending revision that had other content
       and is abandoned (never reused: it may have reached the topic).
     """
@@ -53,7 +56,12 @@ class Decision:
 
 
 def decide(
-    latest: LedgerEntry | None, csv_sha256: str, parser_version: str, evidence_sha256: str | None = None
+    latest: LedgerEntry | None,
+    csv_sha256: str,
+    parser_version: str,
+    evidence_sha256: str | None = None,
+    *,
+    reemit_unverified: int | None = None,
 ) -> Decision:
     """Compare a fetched CSV (and the reconciliation evidence it gave) with the invoice's latest revision.
 
@@ -63,6 +71,8 @@ def decide(
     is a new revision, so a held invoice is released by any change that makes it reconcile.
     A revision number is bound to one content forever: a pending revision is reused only for exactly
     its content, otherwise the next number is taken (revisions may therefore have gaps).
+    `reemit_unverified` is the revision the commit verifier asks to re-emit: a committed revision is emitted
+    again only when it is that revision and still unverified (a verified one reached the topic: skip it).
     """
     if latest is None:
         return Decision("new", 1)
@@ -72,11 +82,33 @@ def decide(
         and latest.evidence_sha256 == evidence_sha256
     )
     if same and latest.state == "committed":
+        if reemit_unverified == latest.revision and not latest.verified:
+            return Decision("reemit", latest.revision)
         return Decision("skip", latest.revision)
     if same and latest.state == "pending":
         return Decision("reemit", latest.revision)
     supersede = latest.revision if latest.state == "pending" else None
     return Decision("new", latest.revision + 1, supersede)
+
+
+# ---------------------------------------------------------------------------------- commit verification
+@dataclass(frozen=True)
+class Checkpoint:
+    """A point the commit verifier proves (services/ingester/verify.py).
+
+    `at` is read first (the database's clock), then `ends`: each cost-lines partition's high watermark. A
+    revision marked committed at or before `at` had its Kafka commit return before the watermarks were read, so
+    every record of it sits below them. Once a read_committed reader has read each partition to its end here,
+    that revision's end marker was either seen, or it is not readable as committed at all (its records were
+    aborted after the commit was acknowledged) and must be emitted again.
+    """
+
+    at: datetime
+    ends: Mapping[int, int]
+
+    def reached(self, read_to: Mapping[int, int]) -> bool:
+        """Whether a reader that read each partition up to `read_to` (next offset; absent: 0) got past it."""
+        return all(read_to.get(p, 0) >= end for p, end in self.ends.items())
 
 
 # ------------------------------------------------------------------------------------------ money gates

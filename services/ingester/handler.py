@@ -138,6 +138,8 @@ class IngestHandler:
         if isinstance(data, InvoiceDiscovered):
             self._db(lambda: self.ledger.remember(account, discovered))
 
+        # The commit verifier's request to emit a committed revision again whose records never became readable.
+        reemit = data.reemit_revision if isinstance(data, InvoiceRefetchRequested) else None
         raw = self._fetch(source, uuid, account)
         try:
             parsed = parse_invoice_csv(raw, tax_rule=self.tax_rule)
@@ -147,7 +149,7 @@ class IngestHandler:
         reconciliation = self._reconcile(source, discovered, parsed, account)
         items, items_note, wait = self._items(source, uuid, parsed.currency)
         evidence = evidence_sha256(reconciliation)
-        if items is None and self._db(lambda: self._kept_with_items(uuid, parsed, evidence)):
+        if items is None and reemit is None and self._db(lambda: self._kept_with_items(uuid, parsed, evidence)):
             # The same CSV was emitted and committed; an items outage now is no reason for a revision without ids.
             self._items_down_since.pop(uuid, None)
             self._settle(uuid, "unchanged", None, reconciliation.reason)
@@ -157,7 +159,7 @@ class IngestHandler:
             raise wait
         joined = self._joined(parsed, items, items_note)
         digest = content_sha256(evidence, items_sha256(items) if items is not None else None)
-        return self._emit(rec, account, discovered, parsed, reconciliation, joined, digest)
+        return self._emit(rec, account, discovered, parsed, reconciliation, joined, digest, reemit)
 
     def _discovery(self, account: str, event_type: str, data: object) -> tuple[str, InvoiceDiscovered]:
         """The account and discovery a record is about: its own, or, for a re-fetch request, the ledger's."""
@@ -171,7 +173,11 @@ class IngestHandler:
         log.info(
             "invoice %s: re-fetching its CSV (%s, by %s: %s)",
             data.invoice_uuid,
-            f"attempt {data.attempt}" if data.attempt else "admin request",
+            f"re-emission of unreadable revision {data.reemit_revision}"
+            if data.reemit_revision
+            else f"attempt {data.attempt}"
+            if data.attempt
+            else "admin request",
             data.requested_by,
             data.reason,
         )
@@ -205,11 +211,12 @@ class IngestHandler:
         reconciliation: Reconciliation,
         joined: list[RowItem],
         digest: str,
+        reemit: int | None = None,
     ) -> list[Out]:
         """The ledger decides: the same content is skipped, anything else is a revision's lines and end marker."""
         uuid = discovered.invoice_uuid
         decision, reserved_at = self._db(
-            lambda: self.ledger.reserve(uuid, account, parsed, digest, reconciliation.status)
+            lambda: self.ledger.reserve(uuid, account, parsed, digest, reconciliation.status, reemit_unverified=reemit)
         )
         key = (rec.topic, rec.partition, rec.offset)
         if decision.action == "skip":

@@ -31,6 +31,14 @@ Crash analysis (the consumed offset moves only with step 3's commit):
   committed; with other content it becomes the next revision. Nothing is lost either way.
 - after 4: done; a redelivery or a later discovery with the same content is skipped.
 
+- after 4, the broker loses the commit: a broker restarted between its transaction's PrepareCommit and the
+  partition's COMMIT marker can complete the transaction without the marker (Apache Kafka skips a marker
+  whose partition has no known leader yet), and the producer's next `init_transactions` then aborts the
+  records whose commit had been acknowledged. The ledger says `committed`, the topic holds nothing readable.
+  The commit verifier (services/ingester/verify.py) reads the topic read_committed and marks each revision
+  `verified` when it sees its end marker; a committed revision it has provably read past without seeing is
+  fetched and emitted again as the same revision (`decide(..., reemit_unverified=N)`).
+
 Invariant that makes this work: a revision number is bound to exactly one (hash, parser version, evidence)
 for ever, so any copy of revision N anyone ever sees — committed, aborted or re-sent — has the same lines.
 
@@ -63,6 +71,8 @@ class Ledger:
         parsed: ParsedInvoice,
         evidence_sha256: str | None = None,
         reconciliation_status: str | None = None,
+        *,
+        reemit_unverified: int | None = None,
     ) -> tuple[Decision, datetime | None]:
         """Decide and record the revision for this content. Returns the decision and its reservation time.
 
@@ -72,7 +82,9 @@ class Ledger:
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cloudbill.ingester.{invoice_uuid}",))
             latest = self._latest(conn, invoice_uuid)
-            d = decide(latest, parsed.csv_sha256, parsed.parser_version, evidence_sha256)
+            d = decide(
+                latest, parsed.csv_sha256, parsed.parser_version, evidence_sha256, reemit_unverified=reemit_unverified
+            )
             if d.action == "skip":
                 return d, None
             if d.action == "reemit":
@@ -110,14 +122,107 @@ class Ledger:
             return d, row["reserved_at"]
 
     def mark_committed(self, invoice_uuid: str, revision: int) -> bool:
-        """The Kafka transaction carrying this revision committed. False if it was not pending any more."""
+        """The Kafka transaction carrying this revision committed. False if it was not pending any more.
+
+        A committed revision emitted again at the verifier's request (unverified, asked for after its last
+        commit) is marked again: its commit time moves on, so the verifier judges the new emission.
+        """
         with self.pool.connection() as conn, conn.transaction():
             cur = conn.execute(
                 "UPDATE ingester.invoice_revisions SET state = 'committed', committed_at = now()"
-                " WHERE invoice_uuid = %s AND revision = %s AND state = 'pending'",
+                " WHERE invoice_uuid = %s AND revision = %s AND (state = 'pending' OR (state = 'committed'"
+                " AND verified_at IS NULL AND reemit_requested_at IS NOT NULL AND committed_at < reemit_requested_at))",
                 (invoice_uuid, revision),
             )
             return cur.rowcount == 1
+
+    # ------------------------------------------------------------------------------ commit verification
+    def now(self) -> datetime:
+        """The database's clock (the one `committed_at` is written with)."""
+        with self.pool.connection() as conn:
+            r = conn.execute("SELECT now() AS now").fetchone()
+        assert r is not None
+        now: datetime = r["now"]
+        return now
+
+    def read_to(self, topic: str) -> dict[int, int]:
+        """Where the verifier read `topic` to: the next offset per partition."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT partition, next_offset FROM ingester.verify_positions WHERE topic = %s", (topic,)
+            ).fetchall()
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    def verified(self, seen: set[tuple[str, int]], topic: str, read_to: dict[int, int]) -> int:
+        """Revisions whose end marker was read committed, and how far the topic was read, in one transaction.
+
+        A `pending` revision seen is committed too (the crash between the Kafka commit and `mark_committed`).
+        Positions only move forward (several replicas verify the same partitions). Returns how many revisions
+        were verified now.
+        """
+        pairs = sorted(seen)
+        with self.pool.connection() as conn, conn.transaction():
+            n = 0
+            if pairs:
+                cur = conn.execute(
+                    "UPDATE ingester.invoice_revisions r SET verified_at = now(), state = 'committed',"
+                    " committed_at = coalesce(r.committed_at, now())"
+                    " FROM unnest(%s::text[], %s::int[]) AS s(invoice_uuid, revision)"
+                    " WHERE r.invoice_uuid = s.invoice_uuid AND r.revision = s.revision AND r.verified_at IS NULL"
+                    " AND r.state IN ('pending', 'committed')",
+                    ([u for u, _ in pairs], [r for _, r in pairs]),
+                )
+                n = cur.rowcount
+            for partition, offset in sorted(read_to.items()):
+                conn.execute(
+                    "INSERT INTO ingester.verify_positions (topic, partition, next_offset) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (topic, partition) DO UPDATE"
+                    " SET next_offset = greatest(verify_positions.next_offset, EXCLUDED.next_offset)",
+                    (topic, partition, offset),
+                )
+            return n
+
+    def claim_unreadable(
+        self, committed_before: datetime, *, max_reemits: int, lease: timedelta, limit: int = 100
+    ) -> list[tuple[str, str, int, int]]:
+        """Committed, unverified revisions whose commit is older than a checkpoint the verifier got past:
+        (invoice uuid, account, revision, re-emission number), leased so that replicas ask once.
+
+        Only an invoice's latest revision (a newer one replaces it downstream anyway), and at most
+        `max_reemits` times each; one asked for is asked again only after its lease, when the request
+        produced no new emission (say the CSV fetch failed).
+        """
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT r.invoice_uuid, r.account, r.revision, r.reemits FROM ingester.invoice_revisions r"
+                " WHERE r.state = 'committed' AND r.verified_at IS NULL AND r.committed_at <= %s"
+                " AND r.reemits < %s"
+                " AND (r.reemit_requested_at IS NULL OR r.reemit_requested_at < r.committed_at"
+                "      OR r.reemit_requested_at < now() - %s)"
+                " AND NOT EXISTS (SELECT 1 FROM ingester.invoice_revisions n"
+                "                 WHERE n.invoice_uuid = r.invoice_uuid AND n.revision > r.revision)"
+                " ORDER BY r.committed_at LIMIT %s FOR UPDATE OF r SKIP LOCKED",
+                (committed_before, max_reemits, lease, limit),
+            ).fetchall()
+            for r in rows:
+                conn.execute(
+                    "UPDATE ingester.invoice_revisions SET reemits = reemits + 1, reemit_requested_at = now()"
+                    " WHERE invoice_uuid = %s AND revision = %s",
+                    (r["invoice_uuid"], r["revision"]),
+                )
+            return [(r["invoice_uuid"], r["account"], r["revision"], r["reemits"] + 1) for r in rows]
+
+    def unverified(self, committed_before: datetime | None = None) -> list[dict[str, Any]]:
+        """Committed revisions not seen on the topic yet (optionally: committed before a time), oldest first,
+        with their age in seconds and re-emissions: what `cloudbill status` shows."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "SELECT invoice_uuid, revision, account, line_count, committed_at, reemits,"
+                " extract(epoch FROM now() - committed_at)::bigint AS age_s"
+                " FROM ingester.invoice_revisions WHERE state = 'committed' AND verified_at IS NULL"
+                " AND (%s::timestamptz IS NULL OR committed_at <= %s) ORDER BY committed_at",
+                (committed_before, committed_before),
+            ).fetchall()
 
     def revisions(self, invoice_uuid: str) -> list[dict[str, Any]]:
         """Every revision of an invoice, oldest first (for operators and tests)."""
@@ -129,8 +234,8 @@ class Ledger:
     @staticmethod
     def _latest(conn: DictConnection, invoice_uuid: str) -> LedgerEntry | None:
         r = conn.execute(
-            "SELECT invoice_uuid, revision, csv_sha256, parser_version, state, reserved_at, evidence_sha256"
-            " FROM ingester.invoice_revisions WHERE invoice_uuid = %s ORDER BY revision DESC LIMIT 1",
+            "SELECT invoice_uuid, revision, csv_sha256, parser_version, state, reserved_at, evidence_sha256,"
+            " verified_at IS NOT NULL AS verified FROM ingester.invoice_revisions WHERE invoice_uuid = %s ORDER BY revision DESC LIMIT 1",
             (invoice_uuid,),
         ).fetchone()
         return LedgerEntry(**r) if r else None

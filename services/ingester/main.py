@@ -2,7 +2,8 @@
 
 Thin wiring only: migrate the `ingester` schema, create topics, one DigitalOcean client per configured
 account, the ledger, a TransactionalProcessor running `IngestHandler` until stop/SIGTERM, and beside it the
-held invoices' re-fetch clock (services/ingester/refetch.py).
+held invoices' re-fetch clock (services/ingester/refetch.py) and the commit verifier
+(services/ingester/verify.py), each in a thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from services.ingester.handler import SERVICE, IngestHandler
 from services.ingester.ledger import Ledger
 from services.ingester.refetch import RefetchClock
+from services.ingester.verify import CommitVerifier
 from shared import metrics
 from shared.db import make_pool, migrate
 from shared.digitalocean import DigitalOceanClient, interruptible_sleep
@@ -68,12 +70,15 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
             retry_topic=retry_topic(settings, SERVICE),
         )
         clock = RefetchClock(settings, ledger, handler.policy, stop)
-        clock_thread = clock.start()
+        threads = [clock.start()]
+        if settings.ingester_verify_interval_s > 0:
+            threads.append(CommitVerifier(settings, ledger, stop).start())
         try:
             processor.run()
         finally:
             stop.set()
-            clock_thread.join(15)
+            for t in threads:
+                t.join(15)
         log.info("ingester stopped after %d record(s), %d dead-lettered", processor.processed, processor.dead_lettered)
     finally:
         pool.close()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from services.ingester.csv_parser import parse_invoice_csv
@@ -23,7 +26,9 @@ CSV_B = CSV_A.replace("$1.00", "$2.00")
 @pytest.fixture
 def ledger(database_url: str) -> Iterator[Ledger]:
     s = Settings(_env_file=None, database_url=database_url)
-    assert migrate(s, ["ingester"]) == {"ingester": ["001_ledger.sql", "002_money_gates.sql"]}
+    assert migrate(s, ["ingester"]) == {
+        "ingester": ["001_ledger.sql", "002_money_gates.sql", "003_commit_verification.sql"]
+    }
     assert migrate(s, ["ingester"]) == {"ingester": []}  # idempotent
     pool = make_pool(s, name="ledger-test")
     try:
@@ -120,3 +125,95 @@ def test_concurrent_claims_hand_each_due_hold_to_one_caller(ledger: Ledger) -> N
             c for batch in ex.map(lambda _: ledger.claim_due_refetches(POLICY, limit=2), range(6)) for c in batch
         ]
     assert sorted(u for u, _, _ in claimed) == [f"inv-{i}" for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------- commit verification
+LEASE = timedelta(minutes=5)
+
+
+def _committed(ledger: Ledger, uuid: str, csv: str = CSV_A) -> int:
+    d, _ = ledger.reserve(uuid, "acct", parse_invoice_csv(csv))
+    assert ledger.mark_committed(uuid, d.revision)
+    return d.revision
+
+
+def test_a_committed_revision_unseen_past_a_checkpoint_is_claimed_once_per_emission(ledger: Ledger) -> None:
+    rev = _committed(ledger, "lost")
+    checkpoint = ledger.now()
+    assert ledger.claim_unreadable(checkpoint, max_reemits=3, lease=LEASE) == [("lost", "acct", rev, 1)]
+    assert ledger.claim_unreadable(checkpoint, max_reemits=3, lease=LEASE) == []  # leased: asked once
+    # The re-emission: the handler reserves it again (same revision) and its commit is marked.
+    d, _ = ledger.reserve("lost", "acct", parse_invoice_csv(CSV_A), reemit_unverified=rev)
+    assert (d.action, d.revision) == ("reemit", rev)
+    assert ledger.mark_committed("lost", rev) is True
+    assert ledger.mark_committed("lost", rev) is False  # once per re-emission
+    # Judged again only by a checkpoint taken after the new emission.
+    assert ledger.claim_unreadable(checkpoint, max_reemits=3, lease=LEASE) == []
+    later = ledger.now()
+    assert ledger.claim_unreadable(later, max_reemits=3, lease=LEASE) == [("lost", "acct", rev, 2)]
+    [row] = ledger.unverified()
+    assert (row["invoice_uuid"], row["revision"], row["reemits"]) == ("lost", rev, 2)
+
+
+def test_re_emissions_stop_at_the_maximum_and_the_revision_stays_visible(ledger: Ledger) -> None:
+    rev = _committed(ledger, "gone")
+    for n in (1, 2):
+        assert ledger.claim_unreadable(ledger.now(), max_reemits=2, lease=timedelta(0)) == [("gone", "acct", rev, n)]
+    assert ledger.claim_unreadable(ledger.now(), max_reemits=2, lease=timedelta(0)) == []
+    assert [(u["invoice_uuid"], u["reemits"]) for u in ledger.unverified(ledger.now())] == [("gone", 2)]
+
+
+def test_only_the_latest_revision_is_re_emitted_and_a_verified_one_is_skipped(ledger: Ledger) -> None:
+    _committed(ledger, "inv", CSV_A)
+    rev2 = _committed(ledger, "inv", CSV_B)  # replaces revision 1 downstream
+    ledger.verified({("inv", rev2)}, "t", {0: 10})
+    assert ledger.claim_unreadable(ledger.now(), max_reemits=5, lease=LEASE) == []
+    # A verified revision asked for again (a stale request) is skipped, not re-emitted.
+    d, _ = ledger.reserve("inv", "acct", parse_invoice_csv(CSV_B), reemit_unverified=rev2)
+    assert (d.action, d.revision) == ("skip", rev2)
+
+
+def test_a_pending_revision_seen_on_the_topic_is_committed_and_positions_only_move_forward(ledger: Ledger) -> None:
+    d, _ = ledger.reserve("crashed", "acct", parse_invoice_csv(CSV_A))  # committed in Kafka, not marked (crash)
+    assert ledger.verified({("crashed", d.revision), ("unknown", 1)}, "cost-lines", {0: 120, 1: 40}) == 1
+    [row] = ledger.revisions("crashed")
+    assert row["state"] == "committed" and row["verified_at"] is not None and row["committed_at"] is not None
+    assert ledger.verified(set(), "cost-lines", {0: 100, 1: 55, 2: 7}) == 0  # another replica, behind on 0
+    assert ledger.read_to("cost-lines") == {0: 120, 1: 55, 2: 7}
+    assert ledger.read_to("other") == {}
+    assert ledger.unverified() == []
+
+
+def test_revisions_committed_before_verification_existed_count_as_verified(database_url: str) -> None:
+    s = Settings(_env_file=None, database_url=database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA ingester")
+        conn.execute(
+            "CREATE TABLE ingester.schema_migrations (name text PRIMARY KEY, sha256 text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+    migrate_only = ("001_ledger.sql", "002_money_gates.sql")
+    folder = Path(__file__).parents[3] / "services" / "ingester" / "migrations"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in migrate_only:
+            conn.execute("SET search_path TO ingester, public")
+            conn.execute((folder / name).read_text())
+            conn.execute(
+                "INSERT INTO ingester.schema_migrations (name, sha256) VALUES (%s, %s)",
+                (name, hashlib.sha256((folder / name).read_bytes()).hexdigest()),
+            )
+        conn.execute(
+            "INSERT INTO ingester.invoice_revisions (invoice_uuid, revision, account, csv_sha256, parser_version,"
+            " line_count, currency, amount_net_minor, amount_tax_minor, amount_gross_minor, state, reserved_at,"
+            " committed_at) VALUES ('old', 1, 'acct', 'x', 'v', 1, 'USD', 100, 10, 110, 'committed', now(), now()),"
+            " ('half', 1, 'acct', 'y', 'v', 1, 'USD', 100, 10, 110, 'pending', now(), NULL)"
+        )
+    assert migrate(s, ["ingester"]) == {"ingester": ["003_commit_verification.sql"]}
+    pool = make_pool(s, name="ledger-upgrade")
+    try:
+        ledger = Ledger(pool)
+        assert ledger.unverified() == []
+        assert ledger.claim_unreadable(ledger.now(), max_reemits=5, lease=LEASE) == []
+        assert ledger.revisions("half")[0]["verified_at"] is None  # its commit is not known: judged when seen
+    finally:
+        pool.close()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.ingester.csv_parser import PARSER_VERSION, parse_invoice_csv
 from services.ingester.domain import (
+    Checkpoint,
     Decision,
     Hold,
     LedgerEntry,
@@ -70,6 +74,46 @@ def events(d: InvoiceDiscovered, csv: str, revision: int, summary: dict | None =
 )
 def test_decide(latest: LedgerEntry | None, sha: str, pv: str, expected: Decision) -> None:
     assert decide(latest, sha, pv) == expected
+
+
+@pytest.mark.parametrize(
+    ("latest", "sha", "reemit", "expected"),
+    [
+        # The verifier proved revision 1 unreadable: the same content is emitted again as revision 1.
+        (replace(entry(1, "committed"), verified=False), "a", 1, Decision("reemit", 1)),
+        # Verified meanwhile (a stale request): skipped, never emitted twice on purpose.
+        (entry(1, "committed"), "a", 1, Decision("skip", 1)),
+        # A request for another revision than the latest: the latest is judged as usual.
+        (replace(entry(2, "committed"), verified=False), "a", 1, Decision("skip", 2)),
+        # Without a request an unverified revision is skipped like any committed one (the verifier decides).
+        (replace(entry(1, "committed"), verified=False), "a", None, Decision("skip", 1)),
+        # The CSV changed: a new revision, as for any discovery.
+        (replace(entry(1, "committed"), verified=False), "b", 1, Decision("new", 2)),
+        (entry(1, "pending"), "a", 1, Decision("reemit", 1)),
+        (entry(3, "pending"), "b", 3, Decision("new", 4, supersede=3)),
+    ],
+)
+def test_decide_on_the_verifiers_request(latest: LedgerEntry, sha: str, reemit: int | None, expected: Decision) -> None:
+    assert decide(latest, sha, PARSER_VERSION, reemit_unverified=reemit) == expected
+
+
+def test_a_checkpoint_is_reached_when_every_partition_was_read_to_its_end() -> None:
+    cp = Checkpoint(T0, {0: 120, 1: 0, 2: 7})
+    assert cp.reached({0: 120, 1: 0, 2: 7})
+    assert cp.reached({0: 500, 2: 9})  # a partition empty at the checkpoint needs no reading
+    assert not cp.reached({0: 119, 1: 0, 2: 7})
+    assert not cp.reached({0: 120, 1: 3})  # partition 2 never read
+    assert Checkpoint(T0, {}).reached({})
+
+
+@given(
+    ends=st.dictionaries(st.integers(0, 11), st.integers(0, 10_000), max_size=12),
+    lag=st.dictionaries(st.integers(0, 11), st.integers(-50, 50), max_size=12),
+)
+def test_a_checkpoint_is_reached_exactly_when_no_partition_is_behind(ends: dict[int, int], lag: dict[int, int]) -> None:
+    read_to = {p: max(0, e + lag.get(p, 0)) for p, e in ends.items()}
+    behind = [p for p, e in ends.items() if read_to[p] < e]
+    assert Checkpoint(T0, ends).reached(read_to) == (not behind)
 
 
 def test_redelivery_sequence_never_binds_a_revision_to_two_contents() -> None:

@@ -56,12 +56,25 @@ class MemoryLedger:
         self.holds: dict[str, Hold] = {}
 
     def reserve(
-        self, invoice_uuid: str, account: str, parsed: ParsedInvoice, evidence: str | None = None, status: str = ""
+        self,
+        invoice_uuid: str,
+        account: str,
+        parsed: ParsedInvoice,
+        evidence: str | None = None,
+        status: str = "",
+        *,
+        reemit_unverified: int | None = None,
     ) -> tuple[Decision, datetime | None]:
         if self.fail:
             raise self.fail
         revs = self.rows.setdefault(invoice_uuid, [])
-        d = decide(revs[-1] if revs else None, parsed.csv_sha256, parsed.parser_version, evidence)
+        d = decide(
+            revs[-1] if revs else None,
+            parsed.csv_sha256,
+            parsed.parser_version,
+            evidence,
+            reemit_unverified=reemit_unverified,
+        )
         if d.action == "skip":
             return d, None
         if d.action == "reemit":
@@ -181,6 +194,22 @@ def test_uncommitted_revision_is_re_emitted_byte_for_byte(parts) -> None:
     )  # the transaction never committed (crash)
     again = h.transform(event_record(invoice_discovered(**DISCOVERED), **ON_TOPIC))
     assert [o.value for o in first] == [o.value for o in again]
+
+
+def test_the_verifiers_request_re_emits_a_committed_unreadable_revision_byte_for_byte(parts) -> None:
+    """The broker aborted revision 1 after acknowledging its commit: asked again, it is the same records."""
+    h, ledger, source = parts
+    first = h.transform(event_record(invoice_discovered(**DISCOVERED), **ON_TOPIC))
+    h.after_commit(event_record(invoice_discovered(**DISCOVERED), **ON_TOPIC))
+    ledger.rows[UUID][-1] = replace(ledger.rows[UUID][-1], verified=False)
+    request = invoice_refetch_requested(invoice_uuid=UUID, requested_at=T0, reemit_revision=1)
+    again = h.transform(event_record(request, account="acct", offset=1, **ON_TOPIC))
+    assert [o.value for o in again] == [o.value for o in first]
+    assert [o.key for o in again] == [o.key for o in first]
+    # Once verified, the same request (say a second replica's) emits nothing.
+    ledger.rows[UUID][-1] = replace(ledger.rows[UUID][-1], verified=True)
+    assert h.transform(event_record(request, account="acct", offset=2, **ON_TOPIC)) == []
+    assert [e.revision for e in ledger.rows[UUID]] == [1] and source.calls == 3
 
 
 def test_changed_csv_is_a_new_revision(parts) -> None:
