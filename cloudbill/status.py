@@ -171,8 +171,8 @@ UNVERIFIED_AFTER_S = 60  # the commit verifier reads a revision's marker within 
 
 
 def unverified_revisions(conn: Any) -> list[dict[str, Any]]:
-    """Revisions the ingester committed whose end marker its commit verifier has not read on cost-lines for a
-    minute or more, oldest first: aborted after the commit was acknowledged (re-emitted), or held up by an
+    """Latest revisions the ingester committed whose end marker its commit verifier has not read on cost-lines
+    for a minute or more, oldest first: aborted after the commit was acknowledged (re-emitted), or held up by an
     open transaction (services/ingester/verify.py)."""
     import psycopg
 
@@ -181,8 +181,10 @@ def unverified_revisions(conn: Any) -> list[dict[str, Any]]:
             conn.execute(
                 "SELECT invoice_uuid, revision, account, line_count, reemits,"
                 " extract(epoch FROM now() - committed_at)::bigint AS age_s"
-                " FROM ingester.invoice_revisions WHERE state = 'committed' AND verified_at IS NULL"
-                " AND committed_at < now() - make_interval(secs => %s) ORDER BY committed_at",
+                " FROM ingester.invoice_revisions r WHERE state = 'committed' AND verified_at IS NULL"
+                " AND committed_at < now() - make_interval(secs => %s) AND NOT EXISTS (SELECT 1"
+                " FROM ingester.invoice_revisions n WHERE n.invoice_uuid = r.invoice_uuid AND n.revision > r.revision)"
+                " ORDER BY committed_at",
                 (UNVERIFIED_AFTER_S,),
             ).fetchall()
         )

@@ -214,13 +214,16 @@ class Ledger:
 
     def unverified(self, committed_before: datetime | None = None) -> list[dict[str, Any]]:
         """Committed revisions not seen on the topic yet (optionally: committed before a time), oldest first,
-        with their age in seconds and re-emissions: what `cloudbill status` shows."""
+        with their age in seconds and re-emissions. Only an invoice's latest revision: a newer one replaces an
+        older downstream, readable or not."""
         with self.pool.connection() as conn:
             return conn.execute(
                 "SELECT invoice_uuid, revision, account, line_count, committed_at, reemits,"
                 " extract(epoch FROM now() - committed_at)::bigint AS age_s"
-                " FROM ingester.invoice_revisions WHERE state = 'committed' AND verified_at IS NULL"
-                " AND (%s::timestamptz IS NULL OR committed_at <= %s) ORDER BY committed_at",
+                " FROM ingester.invoice_revisions r WHERE state = 'committed' AND verified_at IS NULL"
+                " AND (%s::timestamptz IS NULL OR committed_at <= %s) AND NOT EXISTS (SELECT 1"
+                " FROM ingester.invoice_revisions n WHERE n.invoice_uuid = r.invoice_uuid AND n.revision > r.revision)"
+                " ORDER BY committed_at",
                 (committed_before, committed_before),
             ).fetchall()
 

@@ -55,6 +55,7 @@ REQUESTED_BY = "ingester-verifier"
 REEMIT_LEASE = timedelta(minutes=5)  # a request that produced no emission (say the CSV fetch failed) is asked again
 MARKER_TYPE = InvoiceEnd.TYPE.encode()
 BATCH = 500
+EXHAUSTED_LOG_S = 600.0  # revisions past their re-emissions are logged again when their number changes, or after this
 
 
 def end_marker(value: bytes | None) -> tuple[str, int] | None:
@@ -89,6 +90,7 @@ class CommitVerifier:
         self._factory = producer_factory or (lambda: EventProducer(settings, "ingester-verifier"))
         self._producer: EventProducer | None = None
         self._consumer: Consumer | None = None
+        self._stored: dict[int, int] = {}  # where the ledger said, at start, each partition was read to
         self.read_to: dict[int, int] = {}  # next offset per partition, as far as read (not yet stored: _dirty)
         self._seen: set[tuple[str, int]] = set()
         self._dirty = False
@@ -97,16 +99,17 @@ class CommitVerifier:
         self.requested = 0
         self.verified = 0
         self.proofs = 0  # checkpoints reached
+        self._exhausted_logged, self._next_exhausted_log = 0, 0.0
 
     # ------------------------------------------------------------------------------ reading
     def _open(self) -> Consumer:
+        self._stored = self.ledger.read_to(self.topic)  # first: a database error here leaves no consumer behind
         c = Consumer(
             consumer_config(self.settings, group_id(self.settings, "ingester-verifier"), "ingester-verifier")
             | {"enable.partition.eof": True}
         )
-        stored = self.ledger.read_to(self.topic)
         self._consumer = c
-        self._assign_new(stored)
+        self._assign_new()
         return c
 
     def _partitions(self) -> list[int]:
@@ -114,14 +117,14 @@ class CommitVerifier:
         md = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
         return sorted(md.partitions) if md is not None and md.error is None else []
 
-    def _assign_new(self, stored: dict[int, int] | None = None) -> None:
+    def _assign_new(self) -> None:
         """Assign the partitions not read yet (all at start; new ones when the topic grows), from where the
-        ledger says they were read to, else from their beginning."""
+        ledger said at start they were read to, else from their beginning."""
         assert self._consumer is not None
         new = [p for p in self._partitions() if p not in self.read_to]
         if not new:
             return
-        start = stored or {}
+        start = self._stored
         for p in new:
             self.read_to[p] = start.get(p, 0)
         self._consumer.incremental_assign([TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING)) for p in new])
@@ -197,7 +200,8 @@ class CommitVerifier:
         unverified = self.ledger.unverified(at)
         REVISIONS_UNVERIFIED.set(len(unverified))
         exhausted = [u for u in unverified if u["reemits"] >= self.max_reemits]
-        if exhausted:
+        if exhausted and (len(exhausted) != self._exhausted_logged or now >= self._next_exhausted_log):
+            self._exhausted_logged, self._next_exhausted_log = len(exhausted), now + EXHAUSTED_LOG_S
             log.error(
                 "commit verifier: %d committed revision(s) still unreadable on %s after %d re-emission(s), oldest"
                 " %s revision %d (%ds): see `cloudbill status`",

@@ -168,6 +168,7 @@ def test_only_the_latest_revision_is_re_emitted_and_a_verified_one_is_skipped(le
     rev2 = _committed(ledger, "inv", CSV_B)  # replaces revision 1 downstream
     ledger.verified({("inv", rev2)}, "t", {0: 10})
     assert ledger.claim_unreadable(ledger.now(), max_reemits=5, lease=LEASE) == []
+    assert ledger.unverified() == []  # revision 1 was never seen, but revision 2 replaced it: nothing to show
     # A verified revision asked for again (a stale request) is skipped, not re-emitted.
     d, _ = ledger.reserve("inv", "acct", parse_invoice_csv(CSV_B), reemit_unverified=rev2)
     assert (d.action, d.revision) == ("skip", rev2)
