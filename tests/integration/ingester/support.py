@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -12,7 +15,9 @@ import psycopg
 from confluent_kafka import Producer
 from psycopg.rows import dict_row
 
+from services.ingester import main
 from shared.events import InvoiceDiscovered, encode
+from shared.kafka import StopSignal
 from shared.kafka.admin import committed_offsets
 from shared.money import parse_minor
 from shared.settings import Settings
@@ -22,6 +27,20 @@ from tests.assembly_reader import AssemblyReader
 from tests.helpers import read_all
 
 ACCOUNT = "default"  # Settings.digitalocean_account_name of the single-token account
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[None]:
+    """The ingester service (`main.run`) in a thread for the block, stopped as SIGTERM would."""
+    stop = StopSignal()
+    t = threading.Thread(target=main.run, args=(settings, stop), daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(60)
+        assert not t.is_alive(), "ingester did not stop"
 
 
 def copy_scenario(dest: Path, name: str = "april-2026") -> Path:

@@ -13,8 +13,7 @@ from shared.settings import Settings
 from shared.topics import INVOICE_DISCOVERED
 from sims.scenario import APRIL_2026_INVOICE_UUID
 from tests.helpers import read_all, settings_env, wait_until
-from tests.integration.ingester.support import assemble, consumed, discovered_events, ledger_rows, publish
-from tests.integration.ingester.test_ingester_service import running
+from tests.integration.ingester.support import assemble, consumed, discovered_events, ledger_rows, publish, running
 
 APRIL = APRIL_2026_INVOICE_UUID
 

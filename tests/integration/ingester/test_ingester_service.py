@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 from psycopg.rows import dict_row
 
-from services.ingester import main
 from services.ingester.csv_parser import PARSER_VERSION, parse_invoice_csv
 from shared.events import InvoiceRefetchRequested, decode
-from shared.kafka import StopSignal
 from shared.kafka.deadletter import H_ERROR_CLASS, H_ERROR_MESSAGE, H_OFFSET, H_TOPIC
 from shared.settings import Settings
 from shared.topics import INVOICE_DISCOVERED
@@ -26,23 +21,11 @@ from tests.integration.ingester.support import (
     discovered_events,
     ledger_rows,
     publish,
+    running,
     set_faults,
 )
 
 APRIL = APRIL_2026_INVOICE_UUID
-
-
-@contextmanager
-def running(settings: Settings) -> Iterator[None]:
-    stop = StopSignal()
-    t = threading.Thread(target=main.run, args=(settings, stop), daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join(30)
-        assert not t.is_alive(), "ingester did not stop"
 
 
 def test_april_invoice_duplicate_delivery_and_changed_csv(ingester_settings: Settings, scenario_dir: Path) -> None:

@@ -7,9 +7,7 @@ between PrepareCommit and the partition's COMMIT marker, then the producer's `in
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from sims.generate import generate
 from sims.server import run_in_thread
 from tests.conftest import KafkaUnderTest, settings_for
 from tests.helpers import read_all, wait_until
-from tests.integration.ingester.support import ACCOUNT, discovered_events, publish
+from tests.integration.ingester.support import ACCOUNT, discovered_events, publish, running
 
 INVOICES, LINES = 40, 250  # 10,000 lines, plus the lost invoice's
 
@@ -65,19 +63,6 @@ def verify_settings(
         )
     finally:
         server.stop()
-
-
-@contextmanager
-def running(settings: Settings) -> Iterator[None]:
-    stop = StopSignal()
-    t = threading.Thread(target=main.run, args=(settings, stop), daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join(60)
-        assert not t.is_alive(), "ingester did not stop"
 
 
 def lose_after_commit(s: Settings, ledger: Ledger, rec: Record) -> int:
