@@ -134,9 +134,30 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     _log_uncaught(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback, f"thread {name}")
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the `sys.stderr` of the moment, not the one at setup.
+
+    A CLI command run in-process (typer's CliRunner, as tests do) swaps `sys.stderr` for a buffer it closes
+    afterwards; a handler that kept that buffer made every later log line of the process a "--- Logging error
+    --- ValueError: I/O operation on closed file" instead of the line (seen in CI from the finance pusher's
+    threads). The standard library's last-resort handler resolves it the same way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        """`StreamHandler.__init__` and `setStream` assign it: always the current `sys.stderr` instead."""
+
+
 def setup(service: str, fmt: str = "auto", level: str = "INFO") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if use_json else ConsoleFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -138,3 +138,28 @@ def test_uncaught_exceptions_are_logged_scrubbed(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.count('"level": "critical"') == 2
     assert "threadsecret" not in err and "mainsecret" not in err
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment_not_a_closed_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """A CLI command run in-process swaps sys.stderr for a buffer it then closes: later lines must not fail."""
+    import io
+    import logging
+    import sys
+    import threading
+
+    from shared import logging as cblog
+
+    saved = logging.getLogger().handlers[:], sys.excepthook, threading.excepthook
+    real, swapped = sys.stderr, io.StringIO()
+    try:
+        sys.stderr = swapped
+        cblog.setup("svc", "json")
+        logging.getLogger("t").warning("during the command")
+        sys.stderr = real
+        swapped.close()
+        logging.getLogger("t").warning("after the command")
+    finally:
+        sys.stderr = real
+        logging.getLogger().handlers[:], sys.excepthook, threading.excepthook = saved
+    err = capsys.readouterr().err
+    assert "after the command" in err and "Logging error" not in err and "during the command" not in err
