@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -76,6 +77,28 @@ def test_status_shows_lag_dead_letters_and_statuses(cli: CliRunner, settings: Se
 
     table = cli.invoke(app, ["status"])
     assert table.exit_code == 0 and "ingester" in table.output and "Invoices by status" in table.output
+    assert report["unverified"] == [] and "Committed, not readable" not in table.output
+
+
+def test_status_lists_a_committed_revision_the_verifier_never_read(cli: CliRunner, settings: Settings) -> None:
+    """The ingester's commit verifier has not read the revision on cost-lines for 3 minutes: shown with its age."""
+    migrate(settings)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ingester.invoice_revisions (invoice_uuid, revision, account, csv_sha256, parser_version,"
+            " line_count, currency, amount_net_minor, amount_tax_minor, amount_gross_minor, state, reserved_at,"
+            " committed_at, reemits) VALUES"
+            " ('lost-inv', 2, 'acct', 'x', 'v', 250, 'USD', 100, 10, 110, 'committed', now(), now() - interval '3 minutes', 1),"
+            " ('fresh-inv', 1, 'acct', 'y', 'v', 10, 'USD', 100, 10, 110, 'committed', now(), now(), 0)"
+        )
+    report = json.loads(cli.invoke(app, ["status", "--json"]).output)
+    [shown] = report["unverified"]  # the fresh one is within the verifier's minute
+    assert (shown["invoice_uuid"], shown["revision"], shown["line_count"], shown["reemits"]) == ("lost-inv", 2, 250, 1)
+    assert 180 <= shown["age_s"] < 600
+    table = cli.invoke(app, ["status"])
+    assert table.exit_code == 0
+    assert "Committed, not readable" in table.output and "lost-inv" in table.output and "3m" in table.output
+    assert "fresh-inv" not in table.output
 
 
 def test_replay_rewinds_a_stopped_stage(cli: CliRunner, settings: Settings) -> None:
