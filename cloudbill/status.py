@@ -5,6 +5,7 @@ account, invoices by status, and the held invoices with their variance."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
@@ -176,18 +177,10 @@ def unverified_revisions(conn: Any) -> list[dict[str, Any]]:
     open transaction (services/ingester/verify.py)."""
     import psycopg
 
+    from services.ingester.ledger import unverified_revisions as committed_not_read
+
     try:
-        return list(
-            conn.execute(
-                "SELECT invoice_uuid, revision, account, line_count, reemits,"
-                " extract(epoch FROM now() - committed_at)::bigint AS age_s"
-                " FROM ingester.invoice_revisions r WHERE state = 'committed' AND verified_at IS NULL"
-                " AND committed_at < now() - make_interval(secs => %s) AND NOT EXISTS (SELECT 1"
-                " FROM ingester.invoice_revisions n WHERE n.invoice_uuid = r.invoice_uuid AND n.revision > r.revision)"
-                " ORDER BY committed_at",
-                (UNVERIFIED_AFTER_S,),
-            ).fetchall()
-        )
+        return committed_not_read(conn, min_age=timedelta(seconds=UNVERIFIED_AFTER_S))
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
         conn.rollback()
         return []

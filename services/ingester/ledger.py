@@ -213,19 +213,9 @@ class Ledger:
             return [(r["invoice_uuid"], r["account"], r["revision"], r["reemits"] + 1) for r in rows]
 
     def unverified(self, committed_before: datetime | None = None) -> list[dict[str, Any]]:
-        """Committed revisions not seen on the topic yet (optionally: committed before a time), oldest first,
-        with their age in seconds and re-emissions. Only an invoice's latest revision: a newer one replaces an
-        older downstream, readable or not."""
+        """`unverified_revisions`, optionally only those committed before a time (the verifier's checkpoint)."""
         with self.pool.connection() as conn:
-            return conn.execute(
-                "SELECT invoice_uuid, revision, account, line_count, committed_at, reemits,"
-                " extract(epoch FROM now() - committed_at)::bigint AS age_s"
-                " FROM ingester.invoice_revisions r WHERE state = 'committed' AND verified_at IS NULL"
-                " AND (%s::timestamptz IS NULL OR committed_at <= %s) AND NOT EXISTS (SELECT 1"
-                " FROM ingester.invoice_revisions n WHERE n.invoice_uuid = r.invoice_uuid AND n.revision > r.revision)"
-                " ORDER BY committed_at",
-                (committed_before, committed_before),
-            ).fetchall()
+            return unverified_revisions(conn, committed_before=committed_before)
 
     def revisions(self, invoice_uuid: str) -> list[dict[str, Any]]:
         """Every revision of an invoice, oldest first (for operators and tests)."""
@@ -320,6 +310,25 @@ class Ledger:
                 )
                 out.append((r["invoice_uuid"], r["account"], attempt))
             return out
+
+
+def unverified_revisions(
+    conn: Any, *, committed_before: datetime | None = None, min_age: timedelta = timedelta(0)
+) -> list[dict[str, Any]]:
+    """Committed revisions whose end marker the commit verifier has not read yet, oldest first, with their age in
+    seconds and re-emissions: for the verifier and `cloudbill status`. Only an invoice's latest revision: a newer
+    one replaces an older downstream, readable or not."""
+    rows: list[dict[str, Any]] = conn.execute(
+        "SELECT invoice_uuid, revision, account, line_count, reemits,"
+        " extract(epoch FROM now() - committed_at)::bigint AS age_s"
+        " FROM ingester.invoice_revisions r WHERE state = 'committed' AND verified_at IS NULL"
+        " AND (%s::timestamptz IS NULL OR committed_at <= %s) AND committed_at <= now() - %s"
+        " AND NOT EXISTS (SELECT 1"
+        " FROM ingester.invoice_revisions n WHERE n.invoice_uuid = r.invoice_uuid AND n.revision > r.revision)"
+        " ORDER BY committed_at",
+        (committed_before, committed_before, min_age),
+    ).fetchall()
+    return rows
 
 
 def _hold(r: dict[str, Any]) -> Hold | None:
