@@ -66,6 +66,26 @@ def _proven(gross: int, tax: int) -> Reconciliation:
     )
 
 
+def _invoice_fields(inv: str, lines: int, gross_minor: int) -> dict[str, Any]:
+    """The header and totals an end marker and a completion of a bench invoice share (revision 1, April)."""
+    return {
+        "invoice_uuid": inv,
+        "revision": 1,
+        "period": "2026-04-01",
+        "invoice_date": date(2026, 5, 1),
+        "line_count": lines,
+        "amount_net_minor": gross_minor,
+        "amount_tax_minor": 0,
+        "amount_gross_minor": gross_minor,
+    }
+
+
+def _invoice_end(inv: str, lines: int, gross_minor: int, recon: Reconciliation) -> InvoiceEnd:
+    return InvoiceEnd(
+        **_invoice_fields(inv, lines, gross_minor), csv_sha256="0" * 64, parser_version="bench", reconciliation=recon
+    )
+
+
 def seed_projector_input(settings: Settings, invoices: int, lines: int) -> None:
     """Each invoice as the projector sees it in a run: its raw lines and end marker, its matched lines, its
     completion."""
@@ -75,26 +95,14 @@ def seed_projector_input(settings: Settings, invoices: int, lines: int) -> None:
     try:
         for k in range(invoices):
             inv = str(uuid.UUID(int=k + 1))
-            header: dict[str, Any] = {
-                "invoice_uuid": inv,
-                "revision": 1,
-                "period": "2026-04-01",
-                "invoice_date": date(2026, 5, 1),
-            }
-            totals: dict[str, Any] = {
-                "line_count": lines,
-                "amount_net_minor": 0,
-                "amount_tax_minor": 0,
-                "amount_gross_minor": 0,
-            }
-            end = InvoiceEnd(**header, **totals, csv_sha256="0" * 64, parser_version="bench", reconciliation=recon)
+            end = _invoice_end(inv, lines, 0, recon)
             matched = [_matched_line(inv, i) for i in range(lines)]
             for m in matched:
                 producer.produce(Out(COST_LINES.name(p), inv, encode(m.line, ACCOUNT)))
             producer.produce(Out(COST_LINES.name(p), inv, encode(end, ACCOUNT)))
             for m in matched:
                 producer.produce(Out(COST_LINES_MATCHED.name(p), inv, encode(m, ACCOUNT)))
-            done = InvoiceCompleted(**header, **totals, matched_count=lines // 2, reconciliation=recon)
+            done = InvoiceCompleted(**_invoice_fields(inv, lines, 0), matched_count=lines // 2, reconciliation=recon)
             producer.produce(Out(INVOICE_COMPLETED.name(p), inv, encode(done, ACCOUNT)))
         producer.flush(120)
     finally:
@@ -171,19 +179,7 @@ def seed_matcher_input(settings: Settings, invoices: int, lines: int) -> None:
             inv = str(uuid.UUID(int=k + 1))
             for i in range(lines):
                 producer.produce(Out(COST_LINES.name(p), inv, encode(_matched_line(inv, i).line, ACCOUNT)))
-            end = InvoiceEnd(
-                invoice_uuid=inv,
-                revision=1,
-                period="2026-04-01",
-                invoice_date=date(2026, 5, 1),
-                line_count=lines,
-                amount_net_minor=1234 * lines,
-                amount_tax_minor=0,
-                amount_gross_minor=1234 * lines,
-                csv_sha256="0" * 64,
-                parser_version="bench",
-                reconciliation=recon,
-            )
+            end = _invoice_end(inv, lines, 1234 * lines, recon)
             producer.produce(Out(COST_LINES.name(p), inv, encode(end, ACCOUNT)))
         producer.flush(120)
     finally:
