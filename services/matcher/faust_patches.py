@@ -174,6 +174,19 @@ def flow_state(app: faust.App) -> list[str]:
         return [f"? ({type(e).__name__}: {e})"]
 
 
+def consumer_thread_tasks(app: faust.App) -> list[asyncio.Task[Any]]:
+    """The pending tasks of faust's consumer thread (its own event loop), for a stop or stall report.
+
+    faust's stop waits for that thread to shut down (mode's `ServiceThread.stop > wait_for`); what the thread
+    still waits on is only visible here. Read from another thread, so a best effort; never raises.
+    """
+    try:
+        thread_loop = app._consumer._thread.thread_loop  # type: ignore[union-attr]
+        return [t for t in asyncio.all_tasks(thread_loop) if not t.done()]
+    except Exception:  # diagnostics only: no consumer yet, a member renamed, the set changed while read
+        return []
+
+
 def use_fetch_side_end_offsets(app: Any, end_offsets: Callable[[str], Mapping[int, int]]) -> None:
     """Table recovery of `app` reads each changelog to `end_offsets(topic)` ({partition: next offset}) at least."""
     app.__dict__[_END_OFFSETS] = end_offsets

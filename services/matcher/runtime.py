@@ -15,7 +15,10 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -184,17 +187,30 @@ def _log_stall_state(app: SupervisedApp, what: str) -> None:
                 log.error("%s: agent %s waits in %s", what, name, _innermost(tb))
         for task in asyncio.all_tasks():
             log.error("%s: task %s waits in %s", what, task.get_name(), _await_chain(task.get_coro()))
+        for task in faust_patches.consumer_thread_tasks(app):
+            log.error("%s: consumer thread task %s waits in %s", what, task.get_name(), _await_chain(task.get_coro()))
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            if (frame := frames.get(thread.ident or -1)) is not None:
+                log.error("%s: thread %s is in %s", what, thread.name, _stack(frame))
     except Exception as e:
         log.error("%s: state not readable: %s: %s", what, type(e).__name__, e)
 
 
-def _innermost(traceback: str) -> str:
+def _innermost(formatted: str) -> str:
     """mode's formatted coroutine stack (`File "f", line n, in name` lines) → `outer > ... > inner (f:n)`."""
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback)
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', formatted)
     if not frames:
-        return traceback.strip() or "?"
+        return formatted.strip() or "?"
     file, line, _ = frames[-1]
     return f"{' > '.join(name for _, _, name in frames)} ({file}:{line})"
+
+
+def _stack(frame: Any, depth: int = 8) -> str:
+    """`outer > ... > innermost file:line` of a thread's current stack, its `depth` innermost frames."""
+    summary = traceback.extract_stack(frame)[-depth:]
+    names = " > ".join(f.name for f in summary)
+    return f"{names} ({summary[-1].filename}:{summary[-1].lineno})" if summary else "?"
 
 
 def _await_chain(coro: Any) -> str:

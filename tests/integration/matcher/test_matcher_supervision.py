@@ -98,3 +98,6 @@ def test_a_stalled_worker_ends_and_leaves_fausts_view_of_its_partitions_in_the_l
     assert f"stall: channel {topic}: queued=0/" in text, text
     assert "stall: consumer flow active=True, app flow control active=True" in text, text
     assert "stall: agent " in text and "faulty > sleep (" in text, text  # the agent, parked in its sleep
+    # faust's consumer thread (a stop waits for it to shut down): its loop's tasks and every thread's stack
+    assert "stall: consumer thread task " in text and "aiokafka" in text, text
+    assert "stall: thread MainThread is in " in text and "_log_stall_state (" in text, text

@@ -433,6 +433,10 @@ def test_private_members_the_fixes_read_exist_on_a_real_matcher_app() -> None:
         assert consumer._active_partitions is None or isinstance(consumer._active_partitions, set)
         assert isinstance(consumer.flow_active, bool) and isinstance(app.topics._topic_name_index, defaultdict)
         assert callable(app.flow_control.is_active)
+        # consumer_thread_tasks' read: the consumer thread's own loop
+        assert isinstance(consumer._thread.thread_loop, asyncio.AbstractEventLoop)
+        assert consumer._thread.thread_loop is not asyncio.get_running_loop()
+        assert faust_patches.consumer_thread_tasks(app) == []  # the thread is not started
 
     asyncio.run(inspect_app())
 
