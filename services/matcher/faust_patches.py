@@ -1,4 +1,4 @@
-"""Every touch of faust-streaming 0.15.3's internals: seven fixes for at-least-once processing, and named reads.
+"""Every touch of faust-streaming 0.15.3's internals: eight fixes for at-least-once processing and clean stops, and named reads.
 
 faust's private code is replaced or read here and nowhere else, so a faust upgrade is re-checked in one place
 (tests/unit/matcher/test_matcher_faust_patches.py pins the shape of everything used). Importing this module
@@ -12,11 +12,12 @@ app. The fixes, numbered as the rest of the repo cites them (each function's doc
 5. `fix_read_committed_without_transactions`: read committed records only.
 6. `fix_recovery_reads_fetch_side_end_offsets`: table recovery reads changelogs to their true end.
 7. `fix_fetch_never_asks_for_every_partition`: a waiting fetch never reads an emptied set as every partition.
+8. `fix_rebalance_while_stopping_leaves_the_client_alone`: a stop that lands in a group join can end.
 
 Re-checked on Apache Kafka 4.4 (the unit tests and the matcher's integration tests run on both brokers):
 transaction markers and aborted transactions leave offset gaps there too (1), and 2, 3, 4 and 5 do not depend
 on the broker. 6 is not needed there (ListOffsets is exact) and not enabled (`use_fetch_side_end_offsets`).
-7 is between faust and aiokafka only.
+7 and 8 are between faust and aiokafka only.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ REPLACED: tuple[tuple[type, str], ...] = (
     (AIOKafkaConsumerThread, "_create_worker_consumer"),
     (Recovery, "_build_highwaters"),
     (ThreadDelegateConsumer, "_getmany"),
+    (faust.App, "_on_rebalance_when_stopped"),
 )
 
 
@@ -243,6 +245,7 @@ def apply_all(version: str = faust.__version__) -> None:
     fix_read_committed_without_transactions()
     fix_recovery_reads_fetch_side_end_offsets()
     fix_fetch_never_asks_for_every_partition()
+    fix_rebalance_while_stopping_leaves_the_client_alone()
 
 
 # -- 1 -------------------------------------------------------------------------------------------------------
@@ -584,6 +587,35 @@ def fix_fetch_never_asks_for_every_partition() -> None:
         return await self._thread.getmany(ActivePartitions(active_partitions), timeout)
 
     _replace(ThreadDelegateConsumer, "_getmany", _getmany)
+
+
+# -- 8 -------------------------------------------------------------------------------------------------------
+
+
+def fix_rebalance_while_stopping_leaves_the_client_alone() -> None:
+    """Fix 8: a rebalance callback during a stop no longer closes the Kafka client from the wrong event loop.
+
+    When a rebalance callback finds the app stopping, faust calls `consumer.close()`, which schedules aiokafka's
+    `client.close()` and `coordinator.close()` on the app's main loop; the client's tasks live on the consumer
+    thread's loop. `close()` cancelled the client's metadata task there and then failed (a task of another
+    loop cannot be awaited). The group join that called back went on: as group leader it waited for a
+    metadata update that the cancelled task would never make, the consumer thread's own shutdown waited for
+    the join, and faust's stop never ended (traced with a SIGTERM right after a start, the first join's
+    revocation: `_perform_assignment > _maybe_wait_metadata` on the consumer thread, no metadata task left;
+    CI's stop test failed so, about 1 run in 10; the worker is killed after `stop_timeout_s` in production).
+
+    The fix does nothing there: a stopping app's consumer thread closes the consumer itself, on its own loop
+    and in aiokafka's order (coordinator, fetcher, client), once the join has returned.
+
+    Upstream: no upstream issue found (searched 2026-12-03).
+    """
+    if _is_patched(faust.App, "_on_rebalance_when_stopped"):
+        return
+
+    def _on_rebalance_when_stopped(self: Any) -> None:
+        log.info("rebalance while stopping: the consumer thread's shutdown closes the consumer")
+
+    _replace(faust.App, "_on_rebalance_when_stopped", _on_rebalance_when_stopped)
 
 
 class ActivePartitions:

@@ -3,14 +3,22 @@ record faust skipped is never committed past, and the worker restarts to re-read
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import faust
+import pytest
+
+from services.matcher import main
 from services.matcher.main import EXIT_CRASHED, EXIT_STOP_TIMEOUT
+from services.matcher.options import MatcherOptions
 from shared.events import BillingHistoryEntry
-from shared.kafka import EventProducer, group_lag
+from shared.kafka import EventProducer, StopSignal, group_lag
 from shared.settings import Settings
 from shared.topics import HISTORY
 from tests.helpers import settings_env, wait_until
@@ -101,3 +109,52 @@ def test_a_stalled_worker_ends_and_leaves_fausts_view_of_its_partitions_in_the_l
     # faust's consumer thread (a stop waits for it to shut down): its loop's tasks and every thread's stack
     assert "stall: consumer thread task " in text and "aiokafka" in text, text
     assert "stall: thread MainThread is in " in text and "_log_stall_state (" in text, text
+
+
+def test_a_stop_that_lands_in_the_group_join_ends_cleanly(
+    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM right after a start lands in the worker's first group join (CI: 1 in ~10 runs of the stop test).
+
+    faust's rebalance callback, seeing the app stopping, closed the Kafka client from the main event loop: the
+    client's metadata task, which lives on the consumer thread's loop, was cancelled, the join went on as group
+    leader and waited for a metadata update that nothing would make, and the consumer thread never shut down
+    (faust_patches fix 8). Here the stop is made to land exactly there: the first revocation of the join waits
+    until the worker is stopping before faust handles it."""
+    s = kafka_settings
+    stop = StopSignal()
+    handled: list[bool] = []
+    metadata_task_alive: list[bool] = []
+    original = faust.App._on_partitions_revoked
+
+    async def revoked_once_stopping(self: faust.App, revoked: Any) -> None:
+        stop.set()
+        for _ in range(200):  # the supervisor sees the signal within 0.2 s and stops the worker
+            if self.should_stop:
+                break
+            await asyncio.sleep(0.05)
+        handled.append(self.should_stop)
+        await original(self, revoked)
+        # The client's metadata task, on the consumer thread's loop: the join after this callback needs it (a
+        # leader's assignment waits for a metadata update). faust's close cancelled it from this loop.
+        await asyncio.sleep(0.5)
+        task = self.consumer._thread._consumer._client._sync_task  # type: ignore[attr-defined]
+        metadata_task_alive.append(task is not None and not task.done() and not task.cancelling())
+
+    monkeypatch.setattr(faust.App, "_on_partitions_revoked", revoked_once_stopping)
+    errors: list[BaseException] = []
+    opts = MatcherOptions(_env_file=None, stop_timeout_s=10.0, datadir=str(tmp_path / "data"))
+
+    def target() -> None:
+        try:
+            main.run(s, stop, opts)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=target, name="matcher", daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the matcher did not end"
+    assert handled == [True], handled  # the stop did land in the join, once
+    assert metadata_task_alive == [True]  # faust's close from the wrong loop cancelled it (before fix 8)
+    assert not errors, errors  # and the stop then timed out, when the join was left waiting for metadata

@@ -11,8 +11,10 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import faust
 import pytest
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from intervaltree import IntervalTree
@@ -294,6 +296,7 @@ _REPLACED_SHAPES: dict[tuple[str, str], tuple[list[str], str]] = {
     ("AIOKafkaConsumerThread", "_create_worker_consumer"): (["self", "transport"], "89f40d75d68d7c98"),
     ("Recovery", "_build_highwaters"): (["self", "consumer", "tps", "destination", "title"], "166fc77ffec10349"),
     ("ThreadDelegateConsumer", "_getmany"): (["self", "active_partitions", "timeout"], "d71940c36e02d5ae"),
+    ("App", "_on_rebalance_when_stopped"): (["self"], "d4b6829c0a95c433"),
 }
 
 
@@ -359,6 +362,23 @@ def test_faust_code_the_fixes_rely_on_is_still_there() -> None:
     from aiokafka.consumer.fetcher import Fetcher
 
     assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
+    # 8: a stopping app's rebalance callback closes the consumer, whose close runs aiokafka's client and
+    # coordinator close on the app's (main) loop; the consumer thread's shutdown stops the consumer on its own.
+    assert "self.consumer.close()" in src[("App", "_on_rebalance_when_stopped")]
+    closing = inspect.getsource(AIOKafkaConsumerThread.close)
+    assert "self._consumer._client.close(), self.app.loop" in closing
+    assert "await self._consumer.stop()" in inspect.getsource(AIOKafkaConsumerThread.on_thread_stop)
+
+
+def test_a_stopping_apps_rebalance_callback_closes_nothing() -> None:
+    """Fix 8: faust closed the Kafka client from the wrong loop there (the stop then hung in the group join)."""
+    faust_patches.apply_all()
+
+    class NeverClosed:
+        def close(self) -> None:
+            raise AssertionError("the consumer was closed from a rebalance callback")
+
+    faust.App._on_rebalance_when_stopped(SimpleNamespace(consumer=NeverClosed()))  # type: ignore[arg-type]
 
 
 def test_faust_members_the_fixes_call_keep_their_signatures() -> None:
