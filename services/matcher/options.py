@@ -39,7 +39,10 @@ class MatcherOptions(BaseSettings):
         0, ge=0, description="Producer batch size in bytes; 0: faust's default (16 KiB) on both brokers."
     )
     producer_linger_s: float = Field(
-        0.0, ge=0, description="How long faust's producer waits to fill a batch (outputs, table changelogs)."
+        0.01,
+        ge=0,
+        description="How long faust's producer waits to fill a batch (outputs, table changelogs); 10 ms cut the "
+        "pipeline's CPU per cost line by 12-27% in `make bench` (fewer, fuller produce requests).",
     )
     commit_interval_s: float = Field(1.0, gt=0, description="faust offset commit interval.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")
