@@ -174,7 +174,8 @@ async def _supervise(
 
 def _log_stall_state(app: SupervisedApp, what: str) -> None:
     """Before a stalled worker ends, or when its stop times out (`what`: the lines' prefix): faust's view of
-    its partitions, and where each task is waiting.
+    its partitions, where each task is waiting (on the main loop and on faust's consumer thread, whose
+    shutdown a stop waits for), and every thread's stack.
 
     Both are rare and gone after the restart; this is what is left to explain them. Never raises: the
     worker must end whatever the report finds.
