@@ -94,9 +94,10 @@ class RunningMatcher:
 
 
 @contextmanager
-def matcher_thread(s: Settings, **options: object) -> Iterator[RunningMatcher]:
-    """The real faust worker, in a thread, stopped at the end (and the stop must be clean)."""
-    stop = StopSignal()
+def matcher_thread(s: Settings, stop: StopSignal | None = None, **options: object) -> Iterator[RunningMatcher]:
+    """The real faust worker, in a thread, stopped at the end (and the stop must be clean); `stop` lets the
+    caller stop it earlier."""
+    stop = stop or StopSignal()
     running = RunningMatcher()
     datadir = tempfile.mkdtemp(prefix="matcher-data-")
     opts = MatcherOptions(_env_file=None, **({"commit_interval_s": 0.5, "datadir": datadir} | options))

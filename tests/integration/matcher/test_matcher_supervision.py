@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,13 @@ from typing import Any
 import faust
 import pytest
 
-from services.matcher import main
 from services.matcher.main import EXIT_CRASHED, EXIT_STOP_TIMEOUT
-from services.matcher.options import MatcherOptions
 from shared.events import BillingHistoryEntry
 from shared.kafka import EventProducer, StopSignal, group_lag
 from shared.settings import Settings
 from shared.topics import HISTORY
 from tests.helpers import settings_env, wait_until
+from tests.integration.matcher.support import matcher_thread
 
 
 def _publish_one(s: Settings, n: int = 1) -> None:
@@ -112,7 +110,7 @@ def test_a_stalled_worker_ends_and_leaves_fausts_view_of_its_partitions_in_the_l
 
 
 def test_a_stop_that_lands_in_the_group_join_ends_cleanly(
-    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A SIGTERM right after a start lands in the worker's first group join (CI: 1 in ~10 runs of the stop test).
 
@@ -142,19 +140,9 @@ def test_a_stop_that_lands_in_the_group_join_ends_cleanly(
         metadata_task_alive.append(task is not None and not task.done() and not task.cancelling())
 
     monkeypatch.setattr(faust.App, "_on_partitions_revoked", revoked_once_stopping)
-    errors: list[BaseException] = []
-    opts = MatcherOptions(_env_file=None, stop_timeout_s=10.0, datadir=str(tmp_path / "data"))
-
-    def target() -> None:
-        try:
-            main.run(s, stop, opts)
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=target, name="matcher", daemon=True)
-    t.start()
-    t.join(60)
-    assert not t.is_alive(), "the matcher did not end"
+    # Its exit joins the worker and fails on any error it ended with: WorkerStopTimeout before fix 8, when the
+    # join was left waiting for metadata.
+    with matcher_thread(s, stop, stop_timeout_s=10.0):
+        wait_until(lambda: bool(metadata_task_alive) or None, timeout=60, what="the revocation handled")
     assert handled == [True], handled  # the stop did land in the join, once
     assert metadata_task_alive == [True]  # faust's close from the wrong loop cancelled it (before fix 8)
-    assert not errors, errors  # and the stop then timed out, when the join was left waiting for metadata
