@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.matcher import handler
-from services.matcher.domain import Completed, InventoryIndex, LineFact, Waiting, assembly
+from services.matcher.domain import Completed, InventoryIndex, Waiting, assembly
 from shared.events import CostLine, InvoiceCompleted, InvoiceEnd, decode
 from shared.kafka.records import Record
 
@@ -23,32 +23,29 @@ MATCHED, COMPLETED = "reader.matched", "reader.completed"  # where the handler's
 
 
 class DictTables:
-    """handler.AssemblyTables over dicts, with a Step's table changes applied in the app's order."""
+    """handler.AssemblyTables over dicts, with a batch's Effects applied in the app's order."""
 
     def __init__(self) -> None:
-        self.facts: dict[str, list[int]] = {}
+        self.facts: dict[str, dict[str, list[int]]] = {}
         self.done: dict[str, dict[str, Any]] = {}
         self.waits: dict[str, dict[str, Any]] = {}
 
     def completed(self, revision_key: str) -> Completed | None:
         return Completed.from_json(self.done.get(revision_key))
 
-    def fact(self, fact_key: str) -> LineFact | None:
-        v = self.facts.get(fact_key)
-        return None if v is None else LineFact.from_json(v)
+    def fact_chunk(self, chunk_key: str) -> Mapping[str, list[int]] | None:
+        return self.facts.get(chunk_key)
 
     def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
         return assembly.waiting_from_json(self.waits.get(invoice_uuid))
 
-    def apply(self, step: handler.Step) -> None:
-        """app.apply without the delivery wait: every write here is durable at once."""
-        self.facts.update(step.facts)
-        if step.completed is not None:
-            self.done[step.completed[0]] = step.completed[1]
-        for key in step.delete_facts:
+    def apply(self, fx: handler.Effects) -> None:
+        """app._apply_effects without the delivery wait: every write here is durable at once."""
+        self.facts.update(fx.fact_chunks)
+        self.done.update(fx.completed)
+        for key in fx.delete_chunks:
             self.facts.pop(key, None)
-        if step.waiting is not None:
-            key, value = step.waiting
+        for key, value in fx.waiting.items():
             if value is None:
                 self.waits.pop(key, None)
             else:
@@ -89,25 +86,32 @@ class AssemblyReader:
 
     def read(self, rec: Record) -> AssembledRevision | None:
         """Fold one record in, at its offset; returns the revision it completed, if any."""
-        try:
-            env, data = decode(rec.value)
+        done = self.read_batch([rec])
+        return done[0] if done else None
+
+    def read_batch(self, records: list[Record]) -> list[AssembledRevision]:
+        """Fold a batch of records of one partition in, as the app does; returns the revisions completed."""
+        acted = []
+        for rec in records:
+            try:
+                env, data = decode(rec.value)
+            except Exception:  # the handler dead-letters it
+                acted.append(rec)
+                continue
             if isinstance(data, CostLine):
                 self._keep_line(env.event_id, data)
             elif isinstance(data, InvoiceEnd) and not self._keep_end(env.event_id, data):
-                return None
-            step = handler.cost_line_record(
-                rec, self.inventory, self.tables, matched_topic=MATCHED, completed_topic=COMPLETED
-            )
-        except Exception as e:  # what the app dead-letters
-            self.dead_letters.append((rec, e))
-            return None
-        self.tables.apply(step)
-        done = None
-        for out in step.outs:
+                continue  # a conflict: recorded, not acted on
+            acted.append(rec)
+        fx = handler.cost_lines(acted, self.inventory, self.tables, matched_topic=MATCHED, completed_topic=COMPLETED)
+        self.dead_letters.extend(fx.dead)
+        self.tables.apply(fx)
+        done = []
+        for out in fx.outs:
             if out.topic == COMPLETED and out.value is not None:
                 _, completion = decode(out.value)
                 assert isinstance(completion, InvoiceCompleted)
-                done = self._completed(completion)
+                done.append(self._completed(completion))
         return done
 
     def _keep_line(self, event_id: str, line: CostLine) -> None:

@@ -4,10 +4,11 @@
   Every worker reads every partition of its changelog (lines are keyed by invoice, resources by resource:
   they are not co-partitioned), and keeps a local (account, kind, name) index fed from the table's
   changelog events and from its own writes.
-- `lines` agent: billing.cost-lines → one CostLineMatched per line, and InvoiceCompleted once a revision's
-  marker and all its lines are in. The state is per-line facts, a completed record per revision and a
-  waiting record per invoice (tables `line-facts`, `revisions-completed`, `revisions-waiting`); why that is
-  correct is in services/matcher/domain/assembly.py and docs/architecture.md.
+- `lines` agent: billing.cost-lines, in batches → one CostLineMatched per line, and
+  InvoiceCompleted once a revision's marker and all its lines are in. The state is line facts in chunks, a
+  completed record per revision and a waiting record per invoice (tables `line-fact-chunks`,
+  `revisions-completed`, `revisions-waiting`); why that is correct is in services/matcher/domain/assembly.py
+  and docs/architecture.md.
 - Poison records go to the source topic's DLQ with shared.kafka.deadletter's headers; they never crash
   an agent. Anything else an agent raises (the broker failing) ends the process (see runtime.py).
 
@@ -28,10 +29,11 @@ the value with 405 lines written, changelog offsets 32..35 re-applied, the next 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports i
 from prometheus_client import Gauge
 
 from services.matcher import faust_patches, handler
-from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, LineFact, Waiting, assembly
+from services.matcher.domain import Completed, InventoryEntry, InventoryIndex, Waiting, assembly
 from services.matcher.options import (
     COMPLETED_TABLE,
     FACTS_TABLE,
@@ -50,6 +52,7 @@ from services.matcher.options import (
     app_id_of,
     changelog_topic_names,
 )
+from services.matcher.outputs import Outputs
 from services.matcher.runtime import SupervisedApp
 from shared.kafka.admin import admin, ensure_topics, group_lag, high_watermarks
 from shared.kafka.deadletter import dead_letter
@@ -252,11 +255,16 @@ def _record(event: Any) -> Record:
 
 
 class _Topics:
-    """Every topic shared with other services, declared once: raw bytes both ways (we decode/encode the envelope)."""
+    """Every topic shared with other services, declared once: raw bytes both ways (we decode/encode the envelope).
 
-    def __init__(self, app: SupervisedApp) -> None:
+    Records are sent through `Outputs` (librdkafka), created on first use so that an app built and never
+    run (tests) opens no connection; their delivery gates the next offset commit (faust_patches 2)."""
+
+    def __init__(self, app: SupervisedApp, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
         self.declared: dict[str, Any] = {}
+        self._outputs: Outputs | None = None
 
     def __call__(self, name: str) -> Any:
         if name not in self.declared:
@@ -265,12 +273,17 @@ class _Topics:
             )
         return self.declared[name]
 
-    def send(self, outs: Iterable[Out]) -> None:
-        """Into faust's producer buffer, like table writes: no await per record, and a failed delivery fails
-        the next offset commit (faust_patches 2), so the records that produced it are processed again."""
-        for o in outs:
-            headers = [(k, v.encode()) for k, v in o.headers.items()]
-            self(o.topic).send_soon(key=o.key.encode() if o.key else None, value=o.value, headers=headers or None)
+    def send(self, outs: Sequence[Out]) -> None:
+        """No await per record: a failed delivery fails the next offset commit, so the records that produced
+        it are processed again."""
+        if not outs:
+            return
+        if self._outputs is None:
+            self._outputs = Outputs(self.settings, f"{self.app.conf.id}-outputs")
+            self.app.on_worker_stopped.append(self._outputs.close)
+        fut = self._outputs.send(outs)
+        if fut is not None:
+            faust_patches.track_delivery(self.app, fut)
 
     def dead_letter(self, rec: Record, error: Exception) -> None:
         self.send([dead_letter(rec, error, SERVICE)])
@@ -299,9 +312,9 @@ class _Tables:
     def completed(self, revision_key: str) -> Completed | None:
         return Completed.from_json(self.completed_by_revision.get(revision_key))
 
-    def fact(self, fact_key: str) -> LineFact | None:
-        v = self.facts.get(fact_key)
-        return None if v is None else LineFact.from_json(v)
+    def fact_chunk(self, chunk_key: str) -> Mapping[str, list[int]] | None:
+        v: Mapping[str, list[int]] | None = self.facts.get(chunk_key)
+        return v
 
     def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
         return assembly.waiting_from_json(self.waiting_by_invoice.get(invoice_uuid))
@@ -351,13 +364,14 @@ def create_app(
     """
     p = settings.kafka_topic_prefix
     app = _faust_app(settings, options)
-    topics = _Topics(app)
+    topics = _Topics(app, settings)
     resources_topic = topics(RESOURCES.name(p))
     index = InventoryIndex()
     tables = _Tables(app, settings.kafka_partitions, index)
     progress = watch or ProgressWatch(0)
     inventory_agent = _inventory_agent(app, resources_topic, topics, tables, index, gate, progress)
-    lines_agent = _lines_agent(app, settings, topics, tables, index, _LinesGate(app, resources_topic, gate), progress)
+    lines_gate = _LinesGate(app, resources_topic, gate)
+    lines_agent = _lines_agent(app, settings, options, topics, tables, index, lines_gate, progress)
     timer = _waiting_metrics(app, tables)
     _restart_stall_clock_on_rebalance(app, progress)
     log.debug("agents: %s, %s; timer %s", inventory_agent.name, lines_agent.name, timer)  # registered
@@ -422,6 +436,7 @@ class _LinesGate:
 def _lines_agent(
     app: SupervisedApp,
     settings: Settings,
+    options: MatcherOptions,
     topics: _Topics,
     tables: _Tables,
     index: InventoryIndex,
@@ -435,46 +450,132 @@ def _lines_agent(
 
     @app.agent(lines_topic, name="lines", concurrency=1)
     async def lines_agent(stream: Any) -> None:
-        async for event in stream.events():
-            await gate.wait()
-            rec = _record(event)
-            try:
-                step = handler.cost_line_record(
-                    rec,
-                    index,
-                    tables,
-                    matched_topic=matched_topic.get_topic_name(),
-                    completed_topic=completed_topic.get_topic_name(),
-                )
-            except Exception as e:  # poison: never blocks the partition
-                topics.dead_letter(rec, e)
-                continue
-            await _apply_step(app, topics, tables, step)
-            progress.processed()
+        # A batch: the records collected within batch_wait_s of its first one, or batch_max of them. Acks are
+        # ours: an event is acked once its batch is applied, so no offset is committed before its batch's
+        # writes are buffered (faust_patches 2 waits for them), and a batch cancelled half-way (a stop) is not
+        # acked at all. Not faust's `take_events`: its `finally` acks every event of the batch it yielded when
+        # the body is cancelled, later partitions of the batch unprocessed; a stop then lost whole invoices
+        # (tests/e2e/test_broker_faults.py, rebalance). The stream is read by a collector task, never by this
+        # loop: see Collected.
+        stream.enable_acks = False
+        collected = Collected(options.batch_max, options.batch_wait_s)
+        collector = asyncio.ensure_future(collected.collect(stream.events()))
+        try:
+            while (batch := await collected.take()) is not None:
+                await gate.wait()
+                for partition_events in _by_partition(batch):
+                    effects = handler.cost_lines(
+                        [_record(e) for e in partition_events],
+                        index,
+                        tables,
+                        matched_topic=matched_topic.get_topic_name(),
+                        completed_topic=completed_topic.get_topic_name(),
+                    )
+                    with faust_patches.table_writes_to_partition_of(partition_events[-1]):
+                        await _apply_effects(app, topics, tables, effects)
+                for e in batch:
+                    await stream.ack(e)
+                progress.processed()
+        finally:
+            collector.cancel()
 
     return lines_agent
 
 
-async def _apply_step(app: SupervisedApp, topics: _Topics, tables: _Tables, step: handler.Step) -> None:
-    """A cost-lines record's effects, in handler.Step's order. One await: the completed record's delivery."""
-    topics.send(step.outs)
-    for key, fact in step.facts.items():
-        tables.facts[key] = fact
-    if step.completed is not None:
-        key, value = step.completed
-        tables.completed_by_revision[key] = value
+class Collected:
+    """The events a collector task read from the stream and the agent has not taken yet.
+
+    Why a separate task: faust, when it stops or gives partitions away, clears the stream's queue and then
+    waits until every event it handed out is acked (`stream_wait_empty`). A loop that collects a batch and
+    reads the stream itself can be parked reading the cleared queue with a partial batch in hand: never
+    applied, never acked, and the stop waited until its timeout (seen in CI,
+    tests/integration/matcher/test_matcher_kill_restart.py, stops while lines arrive). Here only the
+    collector waits on the stream; the agent takes what was collected by the batch's deadline, whatever the
+    stream does, applies it and acks it.
+    """
+
+    def __init__(self, max_events: int, wait_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_events = max_events
+        self.wait_s = wait_s
+        self.clock = clock
+        self.events: list[Any] = []
+        self._first_at = 0.0
+        self._added = asyncio.Event()  # an event was added, or the collector ended
+        self._room = asyncio.Event()  # the batch is below max_events
+        self._room.set()
+        self._ended: BaseException | None = None  # the collector's end: StopAsyncIteration or its error
+
+    async def collect(self, events: AsyncIterator[Any]) -> None:
+        """The collector task: every event of `events` into the batch, waiting while the batch is full."""
+        try:
+            async for event in events:
+                while len(self.events) >= self.max_events:
+                    self._room.clear()
+                    await self._room.wait()
+                if not self.events:
+                    self._first_at = self.clock()
+                self.events.append(event)
+                self._added.set()
+            self._ended = StopAsyncIteration("the stream ended")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # the agent raises it: a stream that fails crashes the agent, as before
+            self._ended = e
+            raise
+        finally:
+            self._added.set()
+
+    async def take(self) -> list[Any] | None:
+        """The next batch: at least one event, returned when full or `wait_s` after its first event was
+        collected. None once the stream ended and everything was taken; the collector's error is raised."""
+        while not self.events or (len(self.events) < self.max_events and self._ended is None):
+            if self.events and (left := self._first_at + self.wait_s - self.clock()) <= 0:
+                break
+            if not self.events and self._ended is not None:
+                if isinstance(self._ended, StopAsyncIteration):
+                    return None
+                raise self._ended
+            self._added.clear()
+            if not self.events:
+                await self._added.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._added.wait(), left)
+        batch, self.events = self.events, []
+        self._room.set()
+        return batch
+
+
+def _by_partition(events: list[Any]) -> list[list[Any]]:
+    """A batch's events per source partition, each in offset order: a partition's table writes go to its
+    changelog partition (the invoice's records and state live in one partition)."""
+    groups: dict[int, list[Any]] = {}
+    for e in events:
+        groups.setdefault(e.message.partition, []).append(e)
+    return list(groups.values())
+
+
+async def _apply_effects(app: SupervisedApp, topics: _Topics, tables: _Tables, fx: handler.Effects) -> None:
+    """A batch's effects, in handler.Effects's order. One await: the completed records' delivery."""
+    topics.send(fx.outs)
+    for rec, error in fx.dead:  # poison: never blocks the partition
+        topics.dead_letter(rec, error)
+    for key, chunk in fx.fact_chunks.items():
+        tables.facts[key] = chunk
+    if fx.completed:
+        for key, value in fx.completed.items():
+            tables.completed_by_revision[key] = value
         # Durable before any fact is deleted: a crash must never leave facts gone and no completion.
         await app.producer.buffer.flush()
-    for key in step.delete_facts:
+    for key in fx.delete_chunks:
         if key in tables.facts:
             del tables.facts[key]
-    if step.waiting is not None:
-        waiting_key, waiting = step.waiting
+    for invoice, waiting in fx.waiting.items():
         if waiting is not None:
-            tables.waiting_by_invoice[waiting_key] = waiting
-            log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", waiting_key, waiting)
-        elif waiting_key in tables.waiting_by_invoice:
-            del tables.waiting_by_invoice[waiting_key]
+            tables.waiting_by_invoice[invoice] = waiting
+            log.warning("invoice %s: end marker read, revision(s) waiting for lines: %s", invoice, waiting)
+        elif invoice in tables.waiting_by_invoice:
+            del tables.waiting_by_invoice[invoice]
 
 
 def _waiting_metrics(app: SupervisedApp, tables: _Tables) -> Any:

@@ -23,11 +23,14 @@ on the broker. 6 is not needed there (ListOffsets is exact) and not enabled (`us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import faust
+import faust.streams
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -40,6 +43,7 @@ PATCHED_FOR = "0.15.3"  # the patches replace private faust code: re-check each 
 _PATCHED = "_cloudbill_patched"  # on a replacement: it is ours
 _ORIGINAL = "_cloudbill_original"  # on a replacement: the faust member it replaced
 _DELIVERIES = "_cloudbill_deliveries"
+_EXTERNAL = "_cloudbill_external_deliveries"
 _FETCHED = "_cloudbill_fetched"
 _DROPPED = "_cloudbill_dropped"
 _END_OFFSETS = "_cloudbill_end_offsets"
@@ -101,6 +105,17 @@ def _attached(obj: Any, key: str, make: Callable[[], T]) -> T:
 
 def deliveries(buffer: Any) -> Deliveries:
     return _attached(buffer, _DELIVERIES, Deliveries)
+
+
+def external_deliveries(buffer: Any) -> Deliveries:
+    """Records produced outside faust (services/matcher/outputs.py) that the buffer's flush waits for."""
+    return _attached(buffer, _EXTERNAL, Deliveries)
+
+
+def track_delivery(app: Any, fut: asyncio.Future[Any]) -> None:
+    """`app`'s next offset commit waits until `fut` (records produced outside faust) is resolved; its failure
+    fails that commit (fix 2), so the records that produced them are processed again."""
+    external_deliveries(app.producer.buffer).track(fut)
 
 
 def fetched(consumer: Any) -> dict[Any, set[int]]:
@@ -187,6 +202,23 @@ def consumer_thread_tasks(app: faust.App) -> list[asyncio.Task[Any]]:
         return [t for t in asyncio.all_tasks(thread_loop) if not t.done()]
     except Exception:  # diagnostics only: no consumer yet, a member renamed, the set changed while read
         return []
+
+
+@contextlib.contextmanager
+def table_writes_to_partition_of(event: Any) -> Iterator[None]:
+    """Table writes in the block go to the changelog partition of `event`'s record.
+
+    faust takes a write's partition from the current event (`Table.partition_for_key` reads the context
+    variable `faust.streams._current_event`): the last event the stream yielded, while the app writes a batch
+    that may hold several partitions. The app groups a batch by partition and writes each group under one of
+    its events. Only this task's context variable is set (and restored): the stream's own `current_event`
+    is left alone.
+    """
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
 
 
 def use_fetch_side_end_offsets(app: Any, end_offsets: Callable[[str], Mapping[int, int]]) -> None:
@@ -280,7 +312,9 @@ def fix_commit_across_transaction_markers() -> None:
 def fix_changelog_delivered_before_commit() -> None:
     """Fix 2: a commit's producer flush waits until every buffered message is delivered.
 
-    A table write goes to the producer buffer (`send_soon`); a commit first calls `producer.flush()`, but the
+    The matcher's output records, produced outside faust (services/matcher/outputs.py), are tracked the same
+    way (`track_delivery`). A table write goes to the producer buffer (`send_soon`); a commit first calls
+    `producer.flush()`, but the
     buffer's flush gives up after 0.1 s without a sent message and never counts the message its sender task is
     handing to aiokafka. So a source offset could be committed while the changelog record of the state it
     produced was still unsent; a crash then lost that state for good (the record is not redelivered, the
@@ -304,6 +338,8 @@ def fix_changelog_delivered_before_commit() -> None:
         await original_flush(self)
         if not self.should_stop:  # stopping: the sender task is gone, unsent messages would never resolve
             await deliveries(self).wait()
+        # Records produced outside faust resolve on their own thread, also while faust stops.
+        await external_deliveries(self).wait()
 
     _replace(ProducerBuffer, "put", put)
     _replace(ProducerBuffer, "flush", flush)

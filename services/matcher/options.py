@@ -16,7 +16,7 @@ from shared.topics import group_id
 
 SERVICE = "matcher"
 INVENTORY_TABLE = "inventory"
-FACTS_TABLE = "line-facts"
+FACTS_TABLE = "line-fact-chunks"
 COMPLETED_TABLE = "revisions-completed"
 WAITING_TABLE = "revisions-waiting"
 # Tables whose changelog is co-partitioned with cost-lines (keys of one invoice, written from its partition).
@@ -41,8 +41,14 @@ class MatcherOptions(BaseSettings):
     producer_linger_s: float = Field(
         0.01,
         ge=0,
-        description="How long faust's producer waits to fill a batch (outputs, table changelogs); 10 ms cut the "
-        "pipeline's CPU per cost line by 12-27% in `make bench` (fewer, fuller produce requests).",
+        description="How long faust's producer (table changelogs; the outputs go through librdkafka) waits to "
+        "fill a batch: fewer, fuller produce requests.",
+    )
+    batch_max: int = Field(
+        1000, ge=1, description="Cost-lines records processed as one batch at most (one write per fact chunk)."
+    )
+    batch_wait_s: float = Field(
+        0.05, gt=0, description="How long a batch waits to fill before it is processed with what it has."
     )
     commit_interval_s: float = Field(1.0, gt=0, description="faust offset commit interval.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Kill timeout for a faust stop (it can wait forever).")

@@ -68,7 +68,14 @@ class _Liveness:
 
 
 class SupervisedApp(faust_patches.AgentCrashRecordingApp):
-    """The faust App `run_worker` supervises: the first exception an agent raised (`agent_crash`) ends the run."""
+    """The faust App `run_worker` supervises: the first exception an agent raised (`agent_crash`) ends the run.
+
+    `on_worker_stopped`: what the agents use outside faust (the output producer), closed once faust stopped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_worker_stopped: list[Callable[[], None]] = []
 
 
 class _Worker(faust.Worker):
@@ -112,6 +119,11 @@ def run_worker(
     try:
         loop.run_until_complete(_supervise(app, loop, stop, outcome, stop_timeout_s, poll_s, probe))
     finally:
+        for close in app.on_worker_stopped:
+            try:
+                close()
+            except Exception:
+                log.exception("closing %r after the worker stopped", close)
         _teardown(loop)
     if outcome.crashed is not None:
         raise WorkerCrashed(f"{type(outcome.crashed).__name__}: {outcome.crashed}") from outcome.crashed

@@ -4,7 +4,7 @@
 - `matching`: the inventory view and the attribution of a line to a resource (`match_line`);
 - `assembly`: when a revision is complete, and its completion event (one fact per line, decided at a marker).
 
-`services/matcher/handler.py` applies these to one record; `app.py` moves bytes between Kafka and faust tables.
+`services/matcher/handler.py` applies these to a batch of records; `app.py` moves bytes between Kafka and faust tables.
 """
 
 from services.matcher.domain import assembly

@@ -3,9 +3,12 @@
 State (kept by the app in three faust tables, changelog-backed, all keyed by strings of one invoice so they
 live in the partition of the invoice's records):
 
-- a **line fact** per line, key `invoice|revision|line_index`: what the completion needs from the line
-  (matched?, amount, tax?). Written once per line record: an idempotent upsert, never a counter, so work
-  and bytes per line are O(1) whatever the invoice's size;
+- **line facts**, what the completion needs from each line (matched?, amount, tax?), in chunks of
+  `CHUNK_LINES` consecutive lines: key `invoice|revision|chunk`, value `{line_index: fact}`. The app
+  processes records in batches and writes each chunk a batch touched once, merged with its stored value:
+  a set union, never a counter, so a line written twice is the same fact, and work and bytes per line are
+  O(1) whatever the invoice's size (a chunk is bounded; one changelog record per chunk and batch, not one
+  per line);
 - a **completed** record per revision, key `invoice|revision`: the offset of the marker that completed it
   and the completion itself (fixed size);
 - a **waiting** record per invoice, key `invoice`: revisions whose marker was read with lines missing.
@@ -52,8 +55,13 @@ def revision_key(invoice_uuid: str, revision: int) -> str:
     return f"{invoice_uuid}{SEP}{revision}"
 
 
-def fact_key(invoice_uuid: str, revision: int, line_index: int) -> str:
-    return f"{invoice_uuid}{SEP}{revision}{SEP}{line_index}"
+# Lines per fact chunk: a chunk's value stays small (a few KiB) whatever the invoice's size.
+CHUNK_LINES = 256
+
+
+def chunk_key(invoice_uuid: str, revision: int, line_index: int) -> str:
+    """The key of the fact chunk holding line `line_index` of a revision: `invoice|revision|chunk`."""
+    return f"{invoice_uuid}{SEP}{revision}{SEP}{line_index // CHUNK_LINES}"
 
 
 @dataclass(frozen=True, slots=True)

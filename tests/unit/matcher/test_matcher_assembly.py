@@ -7,11 +7,14 @@ plus any subset of the later writes and outputs, and processing resumes at the c
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -218,9 +221,8 @@ class Partition:
     def completed(self, revision_key: str) -> Completed | None:
         return Completed.from_json(self.tables["completed"].get(revision_key))  # type: ignore[arg-type]
 
-    def fact(self, fact_key: str) -> LineFact | None:
-        v = self.tables["facts"].get(fact_key)
-        return None if v is None else LineFact.from_json(v)
+    def fact_chunk(self, chunk_key: str) -> Mapping[str, list[int]] | None:
+        return self.tables["facts"].get(chunk_key)  # type: ignore[return-value]
 
     def waiting(self, invoice_uuid: str) -> Mapping[int, Waiting]:
         return assembly.waiting_from_json(self.tables["waiting"].get(invoice_uuid))  # type: ignore[arg-type]
@@ -244,34 +246,47 @@ class Partition:
         self._deliver(self.pending, self.pending_outs)
         self.pending, self.pending_outs = [], []
 
-    def process(self, offset: int, value: bytes) -> None:
-        """What app.apply does with one record, in the same order."""
-        rec = Record("billing.cost-lines.v1", 0, offset, None, value, timestamp_ms=1_000 + offset)
-        step = handler.cost_line_record(rec, self.inventory, self, matched_topic="m", completed_topic="c")
-        self.pending_outs.extend(o.value for o in step.outs if o.topic == "c" and o.value is not None)
-        for key, fact in step.facts.items():
-            self._write("facts", key, fact)
-        if step.completed is not None:
-            self._write("completed", *step.completed)
-            self.flush()  # the app waits for the completed record's delivery before deleting facts
-        for key in step.delete_facts:
+    def process(self, first: int, values: list[bytes]) -> None:
+        """What app._apply_effects does with one batch (records at offsets first, first + 1, ...), in order."""
+        batch = [
+            Record("billing.cost-lines.v1", 0, first + k, None, v, timestamp_ms=1_000 + first + k)
+            for k, v in enumerate(values)
+        ]
+        fx = handler.cost_lines(batch, self.inventory, self, matched_topic="m", completed_topic="c")
+        self.pending_outs.extend(o.value for o in fx.outs if o.topic == "c" and o.value is not None)
+        for key, chunk in fx.fact_chunks.items():
+            self._write("facts", key, chunk)
+        for key, value in fx.completed.items():
+            self._write("completed", key, value)
+        if fx.completed:
+            self.flush()  # the app waits for the completed records' delivery before deleting facts
+        for key in fx.delete_chunks:
             if key in self.tables["facts"]:
                 self._write("facts", key, None)
-        if step.waiting is not None:
-            self._write("waiting", *step.waiting)
+        for key, value in fx.waiting.items():
+            self._write("waiting", key, value)
 
-    def run(self, log: list[bytes], *, crash_after: set[int] = frozenset(), commit_every: int = 3) -> None:
-        """Process `log` from the committed offset to its end; crash after the given offsets (once each)."""
+    def run(
+        self,
+        log: list[bytes],
+        *,
+        crash_after: set[int] = frozenset(),
+        commit_every: int = 3,
+        batch: Callable[[], int] = lambda: 1,
+    ) -> None:
+        """Process `log` from the committed offset to its end in batches of `batch()` records; crash after the
+        batch that reaches one of the given offsets (once each); commit after a batch every `commit_every`."""
         crashes = set(crash_after)
         offset = self.committed
         while offset < len(log):
-            self.process(offset, log[offset])
-            offset += 1
-            if offset in crashes:
-                crashes.discard(offset)
+            values = log[offset : offset + batch()]
+            self.process(offset, values)
+            offset += len(values)
+            if crashed := {c for c in crashes if c <= offset}:
+                crashes -= crashed
                 self.crash()
                 offset = self.committed
-            elif offset % commit_every == 0 or offset == len(log):
+            elif offset // commit_every != (offset - len(values)) // commit_every or offset == len(log):
                 self.flush()
                 self.committed = offset
 
@@ -349,19 +364,40 @@ def deliveries(draw: st.DrawFn) -> tuple[list[bytes], dict[str, tuple[int, int, 
 EVEN_NODES = [f"node-{i}" for i in range(0, 12, 2)]
 
 
+@contextlib.contextmanager
+def chunk_lines(n: int) -> Iterator[None]:
+    """Fact chunks of `n` lines (the app's are 256): small invoices then span several chunks."""
+    with mock.patch.object(assembly, "CHUNK_LINES", n):
+        yield
+
+
+def cycling(sizes: list[int]) -> Callable[[], int]:
+    it = itertools.cycle(sizes)
+    return lambda: next(it)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     log_expected=deliveries(),
     crashes=st.sets(st.integers(1, 60), max_size=4),
     commit_every=st.integers(1, 7),
+    batches=st.lists(st.integers(1, 20), min_size=1, max_size=5),
+    chunk=st.integers(1, 5),
     seed=st.integers(0, 2**32),
 )
 def test_any_delivery_with_crashes_completes_each_revision_exactly_once_with_the_right_totals(
-    log_expected: tuple[list[bytes], dict[str, tuple[int, int, int]]], crashes: set[int], commit_every: int, seed: int
+    log_expected: tuple[list[bytes], dict[str, tuple[int, int, int]]],
+    crashes: set[int],
+    commit_every: int,
+    batches: list[int],
+    chunk: int,
+    seed: int,
 ) -> None:
+    """Any batch sizes (the app's batches are what arrived within a few ms), fact chunks of 1 to 5 lines."""
     log, expected = log_expected
     part = Partition(_inventory(EVEN_NODES), random.Random(seed))
-    part.run(log, crash_after=crashes, commit_every=commit_every)
+    with chunk_lines(chunk):
+        part.run(log, crash_after=crashes, commit_every=commit_every, batch=cycling(batches))
     got = part.completions()
     assert sorted(c.invoice_uuid for c in got.values()) == sorted(expected), "one distinct completion per revision"
     for c in got.values():
@@ -373,17 +409,28 @@ def test_any_delivery_with_crashes_completes_each_revision_exactly_once_with_the
 
 
 @settings(max_examples=100, deadline=None)
-@given(log_expected=deliveries(), crashes=st.sets(st.integers(1, 60), max_size=3), seed=st.integers(0, 2**32))
+@given(
+    log_expected=deliveries(),
+    crashes=st.sets(st.integers(1, 60), max_size=3),
+    batches=st.lists(st.integers(1, 20), min_size=1, max_size=5),
+    chunk=st.integers(1, 5),
+    seed=st.integers(0, 2**32),
+)
 def test_replay_from_the_start_after_an_inventory_fix_re_evaluates_each_revision_once(
-    log_expected: tuple[list[bytes], dict[str, tuple[int, int, int]]], crashes: set[int], seed: int
+    log_expected: tuple[list[bytes], dict[str, tuple[int, int, int]]],
+    crashes: set[int],
+    batches: list[int],
+    chunk: int,
+    seed: int,
 ) -> None:
     log, expected = log_expected
     part = Partition(_inventory(EVEN_NODES), random.Random(seed))
-    part.run(log)
-    before = part.completions()
-    part.inventory = _inventory([f"node-{i}" for i in range(12)])  # every droplet now exists
-    part.committed = 0  # `cloudbill replay matcher --from-beginning`: group rewound, tables kept
-    part.run(log, crash_after=crashes)
+    with chunk_lines(chunk):
+        part.run(log, batch=cycling(batches))
+        before = part.completions()
+        part.inventory = _inventory([f"node-{i}" for i in range(12)])  # every droplet now exists
+        part.committed = 0  # `cloudbill replay matcher --from-beginning`: group rewound, tables kept
+        part.run(log, crash_after=crashes, batch=cycling(batches))
     after = {i: c for i, c in part.completions().items() if i not in before}
     for invoice, (n, matched, gross) in expected.items():
         taxed = 1 if n > 2 else 0
@@ -419,15 +466,32 @@ def test_a_line_that_never_arrives_leaves_its_revision_waiting_not_completed() -
     assert part.durable["waiting"] == {} and part.durable["facts"] == {}
 
 
-def test_work_per_line_is_one_fact_whatever_the_invoice_size() -> None:
-    n = 5_000
+def _bytes_per_line(n: int, batch: int) -> tuple[float, int]:
+    """Changelog bytes written per line for an n-line invoice read in batches, and the largest chunk written."""
     lines = [cost_line(i, invoice_uuid=INV, droplet=f"node-{i}") for i in range(n)]
     part = Partition(_inventory([]), random.Random(1))
-    for offset, value in enumerate(_encoded(lines)):
+    written, largest = 0, 0
+    log = _encoded(lines)
+    for first in range(0, n, batch):
         before = len(part.pending)
-        part.process(offset, value)
-        [(table, key, fact)] = part.pending[before:]  # one write per line, never the invoice's state
-        assert table == "facts" and len(key) + len(json.dumps(fact)) <= 80
-    part.process(n, encode(invoice_end(line_count=n, amount_net_minor=100 * n, invoice_uuid=INV, **MARKER), ACCOUNT))
+        part.process(first, log[first : first + batch])
+        writes = part.pending[before:]
+        assert {table for table, _, _ in writes} == {"facts"}
+        assert len(writes) <= batch // assembly.CHUNK_LINES + 2  # one write per chunk the batch touched
+        written += sum(len(key) + len(json.dumps(chunk)) for _, key, chunk in writes)
+        largest = max([largest, *(len(chunk) for _, _, chunk in writes)])  # type: ignore[arg-type]
+    part.process(n, [encode(invoice_end(line_count=n, amount_net_minor=100 * n, invoice_uuid=INV, **MARKER), ACCOUNT)])
     [done] = [decode(v)[1] for v in part.delivered]
     assert isinstance(done, InvoiceCompleted) and done.line_count == n and part.tables["facts"] == {}
+    return written / n, largest
+
+
+def test_work_per_line_does_not_grow_with_the_invoice_size() -> None:
+    """No value that grows with the invoice: per line, the bytes written are about the same for 512 and 3,072 lines (longer line numbers),
+    one record at a time (a chunk rewritten per line, the worst case) or in batches of 500."""
+    for batch in (1, 500):
+        small, largest_small = _bytes_per_line(512, batch)
+        large, largest_large = _bytes_per_line(3_072, batch)
+        assert largest_small <= assembly.CHUNK_LINES and largest_large <= assembly.CHUNK_LINES
+        assert large <= small * 1.25, (batch, small, large)  # 6x the lines: growing state would be 6x
+    assert _bytes_per_line(3_000, 500)[0] <= 60  # a few dozen bytes per line in batches

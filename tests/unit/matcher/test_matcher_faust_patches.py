@@ -7,6 +7,7 @@ import inspect
 import subprocess
 import sys
 import textwrap
+import time
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -139,6 +140,33 @@ def test_flush_fails_when_a_buffered_message_was_not_delivered() -> None:
     assert second is None
 
 
+def test_flush_waits_for_records_produced_outside_faust_even_while_stopping() -> None:
+    """The matcher's outputs (librdkafka, services/matcher/outputs.py) gate the commit like table writes; their
+    futures resolve on their own thread, so the flush waits for them also while faust stops."""
+    faust_patches.apply_all()
+
+    async def scenario() -> tuple[float, str]:
+        buf = _buffer()
+        app = SimpleNamespace(producer=SimpleNamespace(buffer=buf))
+        await buf.start()
+        loop = asyncio.get_running_loop()
+        ok, bad = loop.create_future(), loop.create_future()
+        faust_patches.track_delivery(app, ok)
+        faust_patches.track_delivery(app, bad)
+        loop.call_later(0.2, ok.set_result, None)
+        loop.call_later(0.3, bad.set_exception, OSError("not delivered"))
+        buf._stopped.set()  # stopping: faust's own sends are not waited for, these are
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(buf.flush(), timeout=5)
+        except faust_patches.ChangelogNotDelivered as e:
+            return time.monotonic() - started, str(e)
+        return time.monotonic() - started, ""
+
+    waited, error = asyncio.run(scenario())
+    assert waited >= 0.25 and "1 buffered message(s) not delivered" in error and "not delivered" in error
+
+
 def test_flush_does_not_wait_while_stopping() -> None:
     faust_patches.apply_all()
 
@@ -263,7 +291,7 @@ def test_no_table_reads_its_own_changelog_back_after_recovery() -> None:
     s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
     app = create_app(s, MatcherOptions(_env_file=None), InventoryGate({}, 0))
     tables = {t.name: t.recovery_buffer_size for t in app.tables.values()}
-    assert set(tables) == {"inventory", "line-facts", "revisions-completed", "revisions-waiting"}
+    assert set(tables) == {"inventory", "line-fact-chunks", "revisions-completed", "revisions-waiting"}
     assert all(size > 1 for size in tables.values()), tables
 
 
@@ -587,3 +615,27 @@ def test_a_waiting_fetch_never_reads_an_emptied_active_set_as_every_partition() 
     asyncio.run(getmany(consumer, None, 1.0))  # type: ignore[arg-type]
     assert seen[-1] is None, "a client-only app still asks for everything"
     assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
+
+
+def test_table_writes_go_to_the_changelog_partition_of_the_given_event() -> None:
+    """A batch may hold several partitions: the app names an event per partition group (app._by_partition)."""
+    import contextvars
+
+    import faust.streams
+    from faust.tables.base import Collection
+
+    class Event:
+        def __init__(self, partition: int) -> None:
+            self.message = SimpleNamespace(topic="t", partition=partition)
+
+    assert isinstance(faust.streams._current_event, contextvars.ContextVar)
+    source = inspect.getsource(Collection.partition_for_key)
+    assert "event = current_event()" in source and "return event.message.partition" in source
+    event = Event(2)
+    assert faust.streams.current_event() is None
+    with faust_patches.table_writes_to_partition_of(event):
+        assert faust.streams.current_event() is event
+        with faust_patches.table_writes_to_partition_of(Event(0)):
+            assert faust.streams.current_event().message.partition == 0
+        assert faust.streams.current_event() is event
+    assert faust.streams.current_event() is None

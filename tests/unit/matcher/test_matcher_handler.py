@@ -40,10 +40,10 @@ def test_bad_resource_records_raise_for_the_dead_letter_queue(value: bytes, key:
         handler.resource_change(record(value, key=key))
 
 
-def _step(rec: Record, index: InventoryIndex, tables: DictTables) -> handler.Step:
-    step = handler.cost_line_record(rec, index, tables, matched_topic="m", completed_topic="c")
-    tables.apply(step)
-    return step
+def _step(rec: Record, index: InventoryIndex, tables: DictTables) -> handler.Effects:
+    fx = handler.cost_lines([rec], index, tables, matched_topic="m", completed_topic="c")
+    tables.apply(fx)
+    return fx
 
 
 # The end marker of the two-line invoice (a droplet line of 100 and a tax line of 100).
@@ -82,9 +82,39 @@ def test_cost_line_records_enrich_then_complete(inventory: InventoryIndex) -> No
     "value",
     [None, b"", b"{}", b"\xff\xfe", encode(Resource(kind="droplet", resource_id="1", name="x"), ACC)],
 )
-def test_bad_cost_line_records_raise_for_the_dead_letter_queue(inventory: InventoryIndex, value: bytes | None) -> None:
-    with pytest.raises(EventDecodeError):
-        handler.cost_line_record(record(value), inventory, DictTables(), matched_topic="m", completed_topic="c")
+def test_bad_cost_line_records_go_to_the_dead_letter_queue_and_change_nothing(
+    inventory: InventoryIndex, value: bytes | None
+) -> None:
+    """A bad record in the middle of a batch: dead-lettered with its reason, the records around it processed."""
+    tables = DictTables()
+    good = [cost_line(i, product="Droplets", description=f"web-0{i} (s)", invoice_uuid="inv") for i in range(2)]
+    records = [
+        record(encode(good[0], ACC), key="inv", offset=0),
+        record(value, offset=1),
+        record(encode(good[1], ACC), key="inv", offset=2),
+    ]
+    fx = handler.cost_lines(records, inventory, tables, matched_topic="m", completed_topic="c")
+    [(rec, error)] = fx.dead
+    assert rec.offset == 1 and isinstance(error, EventDecodeError) and str(error)
+    assert [o.topic for o in fx.outs] == ["m", "m"]
+    assert fx.fact_chunks == {"inv|1|0": {"0": [0, 100, 0], "1": [1, 100, 0]}}  # web-01 is in the inventory, web-00 not
+    assert fx.completed == {} and fx.delete_chunks == [] and fx.waiting == {}
+
+
+def test_a_batch_sees_its_own_facts_and_completes_within_the_batch(inventory: InventoryIndex) -> None:
+    """Lines and their marker in one batch (the usual case): the marker finds the batch's facts; the facts are
+    never written, only the completion; records after it in the batch see the completion."""
+    tables = DictTables()
+    lines = [
+        cost_line(0, product="Droplets", description="web-01 (s)", invoice_uuid="inv"),
+        cost_line(1, product="Taxes", description="GST (10%)", invoice_uuid="inv", is_tax=True),
+    ]
+    values = [encode(ev, ACC) for ev in [*lines, END_OF_TWO_LINES, END_OF_TWO_LINES, lines[0]]]
+    records = [record(v, key="inv", offset=i) for i, v in enumerate(values)]
+    fx = handler.cost_lines(records, inventory, tables, matched_topic="m", completed_topic="c")
+    assert [o.topic for o in fx.outs] == ["m", "m", "c", "m"]  # the duplicate marker emits nothing
+    assert fx.fact_chunks == {} and fx.delete_chunks == []  # a line after its completion records no fact
+    assert list(fx.completed) == ["inv|1"] and fx.completed["inv|1"]["position"] == 2
 
 
 def test_records_processed_again_after_a_crash_give_byte_identical_outputs(inventory: InventoryIndex) -> None:
