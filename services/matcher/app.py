@@ -359,6 +359,7 @@ def _faust_app(settings: Settings, options: MatcherOptions) -> SupervisedApp:
         web_bind=options.web_bind,
         web_host=options.web_bind,
     )
+    faust_patches.use_fetch_max_wait(app, options.fetch_max_wait_ms)
     if settings.kafka_broker_flavor == "embedded":
         # Its ListOffsets answer is too low for batched changelogs: recovery reads to the fetch-side end.
         faust_patches.use_fetch_side_end_offsets(app, lambda topic: high_watermarks(settings, topic))

@@ -243,6 +243,27 @@ def test_the_matcher_consumer_reads_committed_records_only() -> None:
     assert asyncio.run(build()) == ("read_committed", False)  # and faust's transaction manager stays off
 
 
+def test_the_matcher_consumer_waits_for_a_fetch_what_its_options_say() -> None:
+    """Fix 9: not faust's fixed 1.5 s, which held the busy partitions behind an idle one's long poll."""
+    from services.matcher.app import InventoryGate, MatcherOptions, create_app
+    from shared.settings import Settings
+
+    faust_patches.apply_all()
+
+    async def build(**options: int) -> int:
+        s = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", kafka_topic_prefix="t.")
+        app = create_app(s, MatcherOptions(_env_file=None, **options), InventoryGate({}, 0))
+        client = app.consumer._thread._create_consumer(asyncio.get_running_loop())
+        try:
+            wait: int = client._fetch_max_wait_ms
+            return wait
+        finally:
+            await client.stop()
+
+    assert asyncio.run(build()) == 50
+    assert asyncio.run(build(fetch_max_wait_ms=250)) == 250
+
+
 def test_table_recovery_reads_changelog_ends_from_the_fetch_side_when_given() -> None:
     """Fix 6: the embedded broker answers ListOffsets with the last batch's first offset + 1."""
     from collections import Counter
@@ -325,6 +346,7 @@ _REPLACED_SHAPES: dict[tuple[str, str], tuple[list[str], str]] = {
     ("Recovery", "_build_highwaters"): (["self", "consumer", "tps", "destination", "title"], "166fc77ffec10349"),
     ("ThreadDelegateConsumer", "_getmany"): (["self", "active_partitions", "timeout"], "d71940c36e02d5ae"),
     ("App", "_on_rebalance_when_stopped"): (["self"], "d4b6829c0a95c433"),
+    ("AIOKafkaConsumerThread", "_create_consumer"): (["self", "loop"], "cd58564f09106554"),
 }
 
 
@@ -396,6 +418,13 @@ def test_faust_code_the_fixes_rely_on_is_still_there() -> None:
     closing = inspect.getsource(AIOKafkaConsumerThread.close)
     assert "self._consumer._client.close(), self.app.loop" in closing
     assert "await self._consumer.stop()" in inspect.getsource(AIOKafkaConsumerThread.on_thread_stop)
+    # 9: faust's worker consumer waits 1.5 s; aiokafka reads the wait from the consumer when it builds its
+    # fetcher (at start), and sends no fetch to a broker that has one in flight.
+    assert "fetch_max_wait_ms=1500" in created
+    from aiokafka.consumer.consumer import AIOKafkaConsumer
+
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+    assert "elif node_id in self._in_flight:" in inspect.getsource(Fetcher._get_actions_per_node)
 
 
 def test_a_stopping_apps_rebalance_callback_closes_nothing() -> None:
