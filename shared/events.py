@@ -402,8 +402,30 @@ def decode(value: bytes | str | None) -> tuple[Envelope, EventData]:
     return env, data
 
 
+class _Head(BaseModel):
+    """The envelope without its data, which `encode` writes after it from the event's own model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_at: datetime
+    account: str
+
+
 def encode(data: EventData, account: str, occurred_at: datetime | None = None) -> bytes:
-    return make_envelope(data, account, occurred_at).to_bytes()
+    """The event's bytes: exactly `make_envelope(...).to_bytes()` (the unit tests hold them equal), written
+    without dumping the data to a dict and serializing that dict untyped (about half the time of an encode,
+    which the ingester and the matcher pay once per cost line)."""
+    head = _Head(
+        event_id=event_id_for(data, account),
+        type=data.TYPE,
+        schema_version=data.VERSION,
+        occurred_at=occurred_at or utcnow(),
+        account=account,
+    )
+    return b"".join((head.model_dump_json().encode()[:-1], b',"data":', data.model_dump_json().encode(), b"}"))
 
 
 def _first_error(e: ValidationError) -> str:

@@ -1,11 +1,17 @@
 import json
 from datetime import UTC, date, datetime
+from typing import get_args
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.events import (
     EVENT_TYPES,
+    AlertKind,
+    BillingAlert,
     CostLine,
+    EventData,
     EventDecodeError,
     InvoiceEnd,
     Reconciliation,
@@ -13,7 +19,19 @@ from shared.events import (
     encode,
     make_envelope,
 )
-from tests.factories import cost_line, invoice_discovered
+from tests.factories import (
+    balance,
+    billing_history_entry,
+    cost_line,
+    cost_line_matched,
+    invoice_completed,
+    invoice_discovered,
+    invoice_end,
+    invoice_pushed,
+    invoice_refetch_requested,
+    invoice_released,
+    resource,
+)
 
 WEB01 = {"invoice_uuid": "u-1", "description": "web-01 (s-1vcpu-1gb)"}
 
@@ -102,3 +120,61 @@ def test_unknown_or_invalid_events_are_decode_errors(raw: bytes | None, message:
 def test_extra_fields_are_refused_rather_than_silently_dropped() -> None:
     with pytest.raises(ValueError):
         CostLine(**(cost_line(0, 600, **WEB01).model_dump() | {"surprise": 1}))
+
+
+def _one_of_each_type() -> list[EventData]:
+    """A realistic event of every registered type (non-ASCII, escapes, optional fields, nested models)."""
+    line = cost_line(7, -1250, billed=True, description='db-01 "primary" (Zürich ✓)\tline', extra={"note": "x\ny"})
+    tax = cost_line(8, 125, is_tax=True)
+    return [
+        balance(3, 123456),
+        billing_history_entry(2, "u-1", 8692),
+        invoice_discovered(invoice_uuid="u-1"),
+        invoice_refetch_requested(invoice_uuid="u-1"),
+        line,
+        invoice_end([line, tax]),
+        resource(),
+        cost_line_matched(line, "123456"),
+        cost_line_matched(tax, None),
+        invoice_completed([line, tax]),
+        invoice_released(),
+        invoice_pushed(),
+        BillingAlert(
+            alert_id="a-1",
+            kind=get_args(AlertKind)[0],
+            period="2026-04-01",
+            subject="Droplets",
+            threshold_pct=80,
+            budget_minor=10_000,
+            observed_minor=8_001,
+            detected_at=datetime(2026, 4, 20, 12, 30, 15, 123456, tzinfo=UTC),
+            message="80% of the April budget — €80.01",
+        ),
+    ]
+
+
+def test_encode_writes_exactly_the_envelope_model_s_bytes_for_every_type() -> None:
+    """`encode` skips the envelope model for speed; its bytes must stay the model's (event ids and the
+    byte-identical re-sends downstream rely on them)."""
+    events = _one_of_each_type()
+    assert {type(e) for e in events} == set(EVENT_TYPES.values())
+    for when in (datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 1, 9, 30, 1, 5, tzinfo=UTC)):
+        for e in events:
+            assert encode(e, "main", when) == make_envelope(e, "main", when).to_bytes(), type(e).__name__
+            assert decode(encode(e, "main", when))[1] == e
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    description=st.text(max_size=60),
+    extra=st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=3),
+    amount=st.integers(-(10**12), 10**12),
+    account=st.text(min_size=1, max_size=12),
+    when=st.datetimes(timezones=st.just(UTC)),
+)
+def test_encode_equals_the_envelope_model_on_any_text(
+    description: str, extra: dict[str, str], amount: int, account: str, when: datetime
+) -> None:
+    line = cost_line(3, amount, description=description, extra=extra, resource_id=description[:5] or None)
+    for e in (line, cost_line_matched(line, "1")):
+        assert encode(e, account, when) == make_envelope(e, account, when).to_bytes()
