@@ -67,15 +67,19 @@ def event_id_for(data: EventData, account: str) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, ident))
 
 
+def _head_fields(data: EventData, account: str, occurred_at: datetime | None) -> dict[str, Any]:
+    """The envelope's fields other than its data (`make_envelope` and `encode` both start from them)."""
+    return {
+        "event_id": event_id_for(data, account),
+        "type": data.TYPE,
+        "schema_version": data.VERSION,
+        "occurred_at": occurred_at or utcnow(),
+        "account": account,
+    }
+
+
 def make_envelope(data: EventData, account: str, occurred_at: datetime | None = None) -> Envelope:
-    return Envelope(
-        event_id=event_id_for(data, account),
-        type=data.TYPE,
-        schema_version=data.VERSION,
-        occurred_at=occurred_at or utcnow(),
-        account=account,
-        data=data.model_dump(mode="json"),
-    )
+    return Envelope(**_head_fields(data, account, occurred_at), data=data.model_dump(mode="json"))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -411,13 +415,7 @@ def encode(data: EventData, account: str, occurred_at: datetime | None = None) -
     """The event's bytes: exactly `make_envelope(...).to_bytes()` (the unit tests hold them equal), written
     without dumping the data to a dict and serializing that dict untyped (about half the time of an encode,
     which the ingester and the matcher pay once per cost line)."""
-    head = EnvelopeHead(
-        event_id=event_id_for(data, account),
-        type=data.TYPE,
-        schema_version=data.VERSION,
-        occurred_at=occurred_at or utcnow(),
-        account=account,
-    )
+    head = EnvelopeHead(**_head_fields(data, account, occurred_at))
     return b"".join((head.model_dump_json().encode()[:-1], b',"data":', data.model_dump_json().encode(), b"}"))
 
 
